@@ -1,0 +1,375 @@
+"""Prompt datasets: load JSONL / JSON / Parquet / saved HF `datasets`, validate every row.
+
+Dataset schema (one row = one prompt; row indices are 0-based; in JSONL row i is line i+1)
+------------------------------------------------------------------------------------------
+  messages  list of {"role": str, "content": str | list[part]}, part = {"type": "text",
+            "text": str} or {"type": "image"}. Image parts refer, in order, to the images.
+     - or -
+  prompt    str: the user's question (a list is read as `messages`, TRL's conversational form).
+            Becomes one user turn; images go before the text.
+            In either form, "<image>" inside text marks where an image goes (LLaVA/verl style);
+            without any image marker all images are put first in the first user turn.
+  images    list of images, each: a file path (relative to the dataset file's folder), encoded
+            bytes (PNG/JPEG/...), a base64 string or data: URI, an HF Image value ({"bytes",
+            "path"} or a PIL image).   - or -   image: one such value.   Optional.
+  answer    str or number (stored as str; integral floats lose their ".0"). Optional.
+  metadata  dict or JSON-object string, handed to reward functions. Optional.
+  id        str or int: Prompt.uid (must be unique). Optional; default "<file stem>:<row>".
+  Any other column is copied into metadata under its own name (unless metadata has that key),
+  so reward functions can read e.g. a `solution` column.
+
+Formats, chosen by path: *.jsonl (one JSON object per line), *.json (a JSON array of rows,
+else JSONL), *.parquet, or a directory written by `datasets.Dataset.save_to_disk` (a
+DatasetDict needs `split`, unless it holds one split).
+
+Validation: a row with a missing image file, corrupt image bytes, invalid base64, an empty
+prompt, a prompt over `max_prompt_tokens`, a duplicate id, or a column of the wrong type raises
+DataError("<file> row <i> field '<field>': <reason>"), or with on_bad_row="skip" is logged
+(logging.warning, same message), counted and returned in LoadResult.skipped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+from rlsys.data import DataError
+from rlsys.data.media import (
+    DEFAULT_FACTOR, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, MediaCache, to_media_item,
+)
+from rlsys.data.templates import (
+    build_messages, count_image_parts, prompt_text, text_to_parts, with_system_prompt,
+)
+from rlsys.protocol import Prompt
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_COLUMNS = ("messages", "prompt", "images", "image", "answer", "metadata", "id")
+
+
+@dataclass
+class SkippedRow:
+    """A row left out in skip mode. message is the full DataError text (file, row, field)."""
+
+    row: int
+    reason: str
+    field: Optional[str] = None
+    message: str = ""
+
+
+@dataclass
+class LoadResult:
+    prompts: list[Prompt]
+    skipped: list[SkippedRow]
+    source: str = ""
+    num_rows: int = 0  # rows read, good and skipped
+    media: MediaCache = field(default_factory=MediaCache)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class _Ctx:
+    """What row conversion needs besides the row itself."""
+
+    stem: str
+    base_dir: Path
+    cache: MediaCache
+    system_prompt: Optional[str]
+    min_pixels: int
+    max_pixels: int
+    factor: int
+    max_prompt_tokens: Optional[int] = None
+    count_tokens: Optional[Callable[[Prompt], int]] = None
+
+
+# ---- reading rows ----------------------------------------------------------------------------
+
+def read_rows(path: Union[str, os.PathLike], split: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+    """Yield (row index, row dict) — or (row index, DataError) for a row that cannot be parsed,
+    so that skip mode can skip it. File-level problems raise DataError at once."""
+    p, src = Path(path), str(path)
+    if p.is_dir():
+        yield from _hf_rows(p, src, split)
+    elif not p.exists():
+        raise DataError("dataset file not found", source=src)
+    elif p.suffix == ".parquet":
+        yield from _parquet_rows(p, src)
+    elif p.suffix in (".jsonl", ".json"):
+        yield from _json_rows(p, src)
+    else:
+        raise DataError(f"unsupported dataset format '{p.suffix}'; expected .jsonl, .json, "
+                        ".parquet or a directory saved by datasets.save_to_disk", source=src)
+
+
+def _json_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            yield from enumerate(json.loads(text))
+            return
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON array ({e})", source=src) from e
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue  # blank lines are not rows (but keep numbering = line number - 1)
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, DataError(f"invalid JSON ({e.msg} at column {e.colno})", field="<row>")
+
+
+def _parquet_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(p).iter_batches(batch_size=256)
+        i = 0
+        for batch in batches:  # batches keep memory flat for big image datasets
+            for row in batch.to_pylist():
+                yield i, row
+                i += 1
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"unreadable Parquet file ({e})", source=src) from e
+
+
+def _hf_rows(p: Path, src: str, split: Optional[str]) -> Iterator[tuple[int, Any]]:
+    try:
+        import datasets as hf
+    except ImportError as e:  # pragma: no cover - datasets is a dependency of the env
+        raise DataError("loading a dataset directory needs the `datasets` package", source=src) from e
+    try:
+        ds = hf.load_from_disk(str(p))
+    except Exception as e:  # datasets raises FileNotFoundError / ValueError variants
+        raise DataError(f"not a dataset saved by datasets.save_to_disk ({e})", source=src) from e
+    if isinstance(ds, hf.DatasetDict):
+        if split is None and len(ds) == 1:
+            split = next(iter(ds))
+        if split not in ds:
+            raise DataError(f"split {split!r} not in {sorted(ds)}; pass split=", source=src)
+        ds = ds[split]
+    yield from enumerate(ds)
+
+
+# ---- one row -> Prompt -------------------------------------------------------------------------
+
+def _expect(value: Any, types: Any, field_name: str, expected: str) -> Any:
+    if not isinstance(value, types):
+        raise DataError(f"expected {expected}, got {type(value).__name__}", field=field_name)
+    return value
+
+
+def _answer(value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None  # pandas/Arrow spell a missing answer as null or NaN
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(_expect(value, (str, int, float), "answer", "a string or number"))
+
+
+def _metadata(value: Any) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON string ({e.msg})", field="metadata") from e
+    return dict(_expect(value, dict, "metadata", "a dict or a JSON object string"))
+
+
+def _image_sources(raw: dict) -> list[tuple[str, Any]]:
+    many, one = raw.get("images"), raw.get("image")
+    if many is not None and one is not None:
+        raise DataError("both 'image' and 'images' are set; use one", field="image")
+    if one is not None:
+        return [("image", one)]
+    if many is None:
+        return []
+    _expect(many, (list, tuple), "images", "a list of images")
+    for j, v in enumerate(many):
+        if v is None:
+            raise DataError("image is null", field=f"images[{j}]")
+    return [(f"images[{j}]", v) for j, v in enumerate(many)]
+
+
+def _check_part(part: Any, where: str) -> dict:
+    _expect(part, dict, where, "a content part dict")
+    kind = part.get("type")
+    if kind in ("image", "image_url"):
+        return {"type": "image"}
+    if kind == "text":
+        return {"type": "text", "text": _expect(part.get("text"), str, f"{where}.text", "a string")}
+    raise DataError(f"unknown content part type {kind!r} (expected 'text' or 'image')", field=where)
+
+
+def _user_messages(raw: dict, n_images: int) -> tuple[str, list[dict]]:
+    """(field name, validated messages) from the `messages` or `prompt` column."""
+    msgs = raw.get("messages")
+    if msgs is None and isinstance(raw.get("prompt"), list):
+        msgs, name = raw["prompt"], "prompt"
+    else:
+        name = "messages"
+    if msgs is None:
+        if "prompt" not in raw or raw["prompt"] is None:
+            raise DataError("row has neither 'messages' nor 'prompt'", field="prompt")
+        text = _expect(raw["prompt"], str, "prompt", "a string or a list of messages")
+        return "prompt", build_messages(text, n_images, system_prompt=None)
+    _expect(msgs, (list, tuple), name, "a list of messages")
+    out = []
+    for k, m in enumerate(msgs):
+        where = f"{name}[{k}]"
+        _expect(m, dict, where, "a message dict")
+        role = _expect(m.get("role"), str, f"{where}.role", "a string")
+        content = m.get("content")
+        if isinstance(content, str):
+            parts_or_text: Any = text_to_parts(content, 0) if "<image>" in content else content
+        else:
+            _expect(content, (list, tuple), f"{where}.content", "a string or a list of parts")
+            parts_or_text = [_check_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
+        out.append({"role": role, "content": parts_or_text})
+    return name, out
+
+
+def _place_images(messages: list[dict], n_images: int, name: str) -> list[dict]:
+    """Put image parts first in the first user turn if the row marks none; check the count."""
+    marked = count_image_parts(messages)
+    if marked == 0 and n_images:
+        for m in messages:
+            if m["role"] == "user":
+                text = m["content"]
+                m["content"] = text_to_parts(text, n_images) if isinstance(text, str) else \
+                    [{"type": "image"}] * n_images + list(text)
+                marked = n_images
+                break
+    if marked != n_images:
+        raise DataError(f"{marked} image placeholders but {n_images} images", field=name)
+    return messages
+
+
+def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
+    _expect(raw, dict, "<row>", "a JSON object / record")
+    uid = raw.get("id")
+    uid = f"{ctx.stem}:{i}" if uid is None or uid == "" else str(
+        _expect(uid, (str, int), "id", "a string or integer"))
+    answer, metadata = _answer(raw.get("answer")), _metadata(raw.get("metadata"))
+    sources = _image_sources(raw)
+    name, messages = _user_messages(raw, len(sources))
+    if not prompt_text(messages, include_system=False).strip():
+        raise DataError("empty prompt (no text outside the system turn)", field=name)
+    messages = with_system_prompt(_place_images(messages, len(sources), name), ctx.system_prompt)
+    images = []
+    for where, src in sources:  # decoded last: the expensive part, after the cheap checks
+        try:
+            images.append(to_media_item(src, min_pixels=ctx.min_pixels, max_pixels=ctx.max_pixels,
+                                        factor=ctx.factor, base_dir=ctx.base_dir, cache=ctx.cache))
+        except DataError as e:
+            raise e.located(field=where) from e
+    for key, value in raw.items():  # extra columns reach reward functions via metadata
+        if key not in SCHEMA_COLUMNS and not isinstance(value, (bytes, bytearray)):
+            metadata.setdefault(key, value)
+    prompt = Prompt(uid=uid, messages=messages, images=images, answer=answer, metadata=metadata)
+    if ctx.max_prompt_tokens is not None:
+        n = int((ctx.count_tokens or approx_prompt_tokens)(prompt))
+        if n > ctx.max_prompt_tokens:
+            raise DataError(f"prompt has {n} tokens, over max_prompt_tokens={ctx.max_prompt_tokens}",
+                            field=name)
+    return prompt
+
+
+def approx_prompt_tokens(prompt: Prompt, factor: int = DEFAULT_FACTOR) -> int:
+    """Rough token count when no tokenizer is given: words and punctuation of all turns, plus
+    one token per factor x factor image patch (Qwen2.5-VL's visual-token count)."""
+    text_tokens = len(re.findall(r"\w+|[^\w\s]", prompt_text(prompt)))
+    return text_tokens + sum(im.width * im.height // (factor * factor) for im in prompt.images)
+
+
+# ---- public entry points -----------------------------------------------------------------------
+
+def load_prompts(
+    path: Union[str, os.PathLike],
+    *,
+    on_bad_row: str = "error",
+    max_prompt_tokens: Optional[int] = None,
+    count_tokens: Optional[Callable[[Prompt], int]] = None,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    factor: int = DEFAULT_FACTOR,
+    system_prompt: Optional[str] = None,
+    split: Optional[str] = None,
+    cache: Optional[MediaCache] = None,
+) -> LoadResult:
+    """Load and validate a prompt dataset (schema: module docstring).
+
+    on_bad_row:    "error" raises the first bad row's DataError; "skip" logs, counts and
+                   returns them in LoadResult.skipped.
+    count_tokens:  called with the built Prompt (images already resized, so a counter can add
+                   visual tokens); default `approx_prompt_tokens`. Used only with max_prompt_tokens.
+    system_prompt: added as the system turn of rows that have none (None: add nothing; pass
+                   templates.R1_SYSTEM_PROMPT for R1-style training).
+    cache:         share one MediaCache across loads (e.g. train and test) to dedupe across them.
+    """
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    src = str(path)
+    p = Path(path)
+    ctx = _Ctx(stem=p.stem if p.is_file() else p.name, base_dir=p.parent if p.is_file() else p,
+               cache=cache if cache is not None else MediaCache(), system_prompt=system_prompt,
+               min_pixels=min_pixels, max_pixels=max_pixels, factor=factor,
+               max_prompt_tokens=max_prompt_tokens,
+               count_tokens=count_tokens or (lambda pr: approx_prompt_tokens(pr, factor)))
+    result = LoadResult(prompts=[], skipped=[], source=src, media=ctx.cache)
+    first_row_of: dict[str, int] = {}
+    for i, raw in read_rows(path, split):
+        result.num_rows += 1
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            prompt = _row_to_prompt(raw, i, ctx)
+            if prompt.uid in first_row_of:
+                raise DataError(f"duplicate id '{prompt.uid}' (first at row {first_row_of[prompt.uid]})",
+                                field="id")
+        except DataError as e:
+            err = e.located(source=src, row=i)
+            if on_bad_row == "error":
+                raise err from e
+            logger.warning("skipping bad row: %s", err)
+            result.skipped.append(SkippedRow(row=i, reason=err.reason, field=err.field, message=str(err)))
+            continue
+        first_row_of[prompt.uid] = i
+        result.prompts.append(prompt)
+    if result.skipped:
+        logger.warning("%s: skipped %d of %d rows", src, len(result.skipped), result.num_rows)
+    return result
+
+
+def rows_to_parquet(rows: list[dict], path: Union[str, os.PathLike]) -> Path:
+    """Write rows {id, prompt, images: [bytes], answer, metadata: dict} as schema Parquet.
+
+    metadata is stored as a JSON string: per-row dicts of different shapes cannot share one
+    Arrow struct type.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()),
+                        ("images", pa.list_(pa.binary())), ("answer", pa.string()),
+                        ("metadata", pa.string())])
+    columns = {
+        "id": [None if r.get("id") is None else str(r["id"]) for r in rows],
+        "prompt": [r["prompt"] for r in rows],
+        "images": [list(r.get("images") or []) for r in rows],
+        "answer": [None if r.get("answer") is None else str(r["answer"]) for r in rows],
+        "metadata": [json.dumps(r.get("metadata") or {}, sort_keys=True) for r in rows],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns, schema=schema), path)
+    return path

@@ -1,0 +1,210 @@
+"""Learner -> rollout-engine weight transfer over a standalone collective group.
+
+The group is built from its own `TCPStore` + `ProcessGroupGloo` (NCCL on GPU) so it never
+touches the default process group that DeepSpeed (learner) or vLLM (engine) initialised in
+the same process. Rank 0 is the sender (learner rank 0); ranks 1..W-1 are receivers (one per
+rollout engine). Every transfer is versioned; a receiver reports the version it holds.
+
+Wire format of one transfer, all by `broadcast` from rank 0:
+  for each bucket: header length [1] int64, header (pickled dict) uint8, payload uint8
+  then an end header {"version": v, "end": True} with no payload.
+A bucket holds whole tensors whose bytes total <= bucket_mb (a larger tensor travels alone);
+tensors are packed as raw bytes at 16-byte aligned offsets, so any dtype mix fits one buffer
+and the receiver can view each tensor in place without a copy.
+
+Object-store fallback (no direct connectivity): `bucketize(named_tensors, bucket_mb)` gives
+lists of (name, tensor) that the caller passes through Ray one bucket at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterable, Iterator
+
+import torch
+
+NamedTensor = tuple[str, torch.Tensor]
+_ALIGN = 16  # byte alignment of each tensor inside a bucket (covers every dtype's itemsize)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (call it on the sender's node)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def bucketize(named_tensors: Iterable[NamedTensor], bucket_mb: float) -> Iterator[list[NamedTensor]]:
+    """Group a stream of (name, tensor) into lists whose tensors total <= bucket_mb MiB.
+
+    Lazy: at most one bucket is held at a time, so a ZeRO-3 gather stream stays bounded.
+    """
+    limit = int(bucket_mb * 2**20)
+    bucket: list[NamedTensor] = []
+    size = 0
+    for name, t in named_tensors:
+        nbytes = t.numel() * t.element_size()
+        if bucket and size + nbytes > limit:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's raw bytes as a flat uint8 view (copies only if non-contiguous)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def tensors_digest(named_tensors: Iterable[NamedTensor]) -> str:
+    """Order-independent sha256 over names, dtypes, shapes and exact bytes.
+
+    Two sides holding bit-identical weights give the same digest, whatever order they saw
+    them in; per-tensor digests are combined sorted by name, so memory stays O(#tensors).
+    """
+    per_name = []
+    for name, t in named_tensors:
+        h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(_as_bytes(t.cpu()).numpy().tobytes())
+        per_name.append((name, h.hexdigest()))
+    total = hashlib.sha256()
+    for name, d in sorted(per_name):
+        total.update(f"{name}={d};".encode())
+    return total.hexdigest()
+
+
+def _open_group(host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float):
+    """A process group private to weight sync; rank 0 hosts the TCPStore.
+
+    The constructor blocks until all `world_size` members have connected, so the driver must
+    start the sender's and every receiver's setup concurrently (not one after the other).
+    """
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+    # Prefix so keys never collide with anything else sharing the store.
+    store = dist.PrefixStore("rlsys_weight_sync", store)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout), torch.device("cpu")
+    if backend == "nccl":
+        # NCCL only moves CUDA tensors; each process uses its current CUDA device.
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        device = torch.device("cuda", torch.cuda.current_device())
+        return dist.ProcessGroupNCCL(store, rank, world_size, opts), device
+    raise ValueError(f"weight sync backend must be 'gloo' or 'nccl', got {backend!r}")
+
+
+def _broadcast(pg, t: torch.Tensor) -> None:
+    pg.broadcast(t, 0).wait()
+
+
+def _send_obj(pg, device, obj) -> None:
+    raw = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    _broadcast(pg, torch.tensor([raw.numel()], dtype=torch.int64, device=device))
+    _broadcast(pg, raw.to(device))
+
+
+def _recv_obj(pg, device):
+    n = torch.zeros(1, dtype=torch.int64, device=device)
+    _broadcast(pg, n)
+    raw = torch.empty(int(n.item()), dtype=torch.uint8, device=device)
+    _broadcast(pg, raw)
+    return pickle.loads(raw.cpu().numpy().tobytes())
+
+
+@dataclass
+class SyncStats:
+    """One transfer as the sender saw it."""
+
+    version: int
+    tensors: int
+    buckets: int
+    bytes: int
+    seconds: float
+
+
+class WeightSyncSender:
+    """Rank 0 of the weight-sync group (lives in learner rank 0).
+
+    host/port: where this process hosts the group's TCPStore (its own node, a free port).
+    world_size: 1 + number of receivers.
+    """
+
+    def __init__(self, host: str, port: int, world_size: int, *, backend: str = "gloo",
+                 bucket_mb: float = 64.0, timeout_s: float = 600.0):
+        self.bucket_mb = bucket_mb
+        self.world_size = world_size
+        self.pg, self.device = _open_group(host, port, world_size, 0, backend, timeout_s)
+
+    def send(self, named_tensors: Iterable[NamedTensor], version: int) -> SyncStats:
+        """Broadcast all tensors (any iterable; consumed lazily, bucket by bucket)."""
+        t0 = time.perf_counter()
+        n_tensors = n_buckets = n_bytes = 0
+        for bucket in bucketize(named_tensors, self.bucket_mb):
+            entries, offset = [], 0
+            for name, t in bucket:
+                nbytes = t.numel() * t.element_size()
+                entries.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset))
+                offset += -(-nbytes // _ALIGN) * _ALIGN
+            payload = torch.empty(offset, dtype=torch.uint8, device=self.device)
+            for (name, t), (_, _, _, off) in zip(bucket, entries):
+                b = _as_bytes(t)
+                payload[off:off + b.numel()].copy_(b)
+            _send_obj(self.pg, self.device, {"version": version, "end": False,
+                                             "entries": entries, "nbytes": offset})
+            _broadcast(self.pg, payload)
+            n_tensors += len(bucket)
+            n_buckets += 1
+            n_bytes += offset
+        _send_obj(self.pg, self.device, {"version": version, "end": True})
+        return SyncStats(version, n_tensors, n_buckets, n_bytes, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.pg = None
+
+
+class WeightSyncReceiver:
+    """A member (rank >= 1) of the weight-sync group, in a rollout actor.
+
+    `version` is -1 until a transfer completes, then the version of the weights received.
+    """
+
+    def __init__(self, host: str, port: int, world_size: int, rank: int, *,
+                 backend: str = "gloo", timeout_s: float = 600.0):
+        if not 1 <= rank < world_size:
+            raise ValueError(f"receiver rank must be in [1, {world_size}), got {rank}")
+        self.version = -1
+        self.pg, self.device = _open_group(host, port, world_size, rank, backend, timeout_s)
+
+    def receive(self) -> Iterator[NamedTensor]:
+        """Yield (HF name, tensor) of one transfer, bucket by bucket, as they arrive.
+
+        Must be consumed to the end (e.g. by `VLLMEngine.update_weights`): the group is
+        collective, a half-read transfer leaves it out of step with the sender. Yielded
+        tensors are views of a per-bucket buffer that is never reused, so they stay valid.
+        """
+        while True:
+            header = _recv_obj(self.pg, self.device)
+            if header["end"]:
+                self.version = int(header["version"])
+                return
+            payload = torch.empty(header["nbytes"], dtype=torch.uint8, device=self.device)
+            _broadcast(self.pg, payload)
+            for name, dtype, shape, off in header["entries"]:
+                dt = getattr(torch, dtype)
+                numel = 1
+                for s in shape:
+                    numel *= s
+                nbytes = numel * torch.empty((), dtype=dt).element_size()
+                yield name, payload[off:off + nbytes].view(dt).view(shape)
+
+    def close(self) -> None:
+        self.pg = None

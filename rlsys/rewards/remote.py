@@ -1,0 +1,177 @@
+"""HTTP reward client: score responses with a remote service (a reward model, a sandbox, ...).
+
+Protocol (version 1):
+
+    POST <url>
+    Content-Type: application/json
+    Authorization: Bearer <token>                  (only when a token is configured)
+
+    {"items": [{"response": str, "answer": str | null, "metadata": {...}}, ...]}
+
+    -> 200, {"rewards": [float | null, ...]}        one entry per item, same order
+
+- Strings are valid UTF-8 (lone surrogates replaced by "?"); metadata values JSON cannot
+  encode are sent as "<TypeName>" placeholders.
+- A `null` or non-finite reward fails that item only (0, counted).
+- Retried with exponential backoff: connection errors, timeouts, HTTP 429 and 5xx, malformed
+  bodies. Not retried: other 4xx (a bad request or bad token will not fix itself).
+- After the last attempt the whole batch scores 0 and every item counts as a failure; the
+  client never raises into the run. `timeout_s` bounds each attempt's connect and each read.
+- Items are sent in chunks of at most `batch_size`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional, Sequence
+
+from rlsys.rewards.equivalence import to_text
+from rlsys.rewards.registry import register_factory
+
+logger = logging.getLogger("rlsys.rewards")
+
+#: Env var read for the bearer token when neither `token` nor `token_env` is given.
+DEFAULT_TOKEN_ENV = "RLSYS_REWARD_TOKEN"
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may fix."""
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return f"<{type(obj).__name__}>"  # images, tensors, bytes: not the reward server's business
+
+
+class RemoteReward:
+    """A reward component backed by an HTTP endpoint (see the module docstring for the protocol).
+
+    url:        endpoint, e.g. "http://127.0.0.1:8000/score".
+    token:      bearer token; or `token_env`: name of the env var holding it (read per request,
+                so a rotated token is picked up). Default env var: RLSYS_REWARD_TOKEN, if set.
+    timeout_s:  per-attempt socket timeout.  retries: extra attempts after the first.
+    backoff_s:  sleep before retry k is backoff_s * 2**(k-1).
+    batch_size: items per request.
+
+    Counters (cumulative): requests, retries, failures (items scored 0 for a failure).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str] = None,
+        token_env: Optional[str] = None,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        batch_size: int = 64,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"RemoteReward url must be http(s)://..., got {url!r}")
+        self.url = url
+        self._token = token
+        self.token_env = token_env
+        self.timeout_s = float(timeout_s)
+        self.retries = max(0, int(retries))
+        self.backoff_s = max(0.0, float(backoff_s))
+        self.batch_size = max(1, int(batch_size))
+        self.requests = 0
+        self.retried = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:  # never print the token
+        return f"RemoteReward({self.url!r})"
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = self._token or os.environ.get(self.token_env or DEFAULT_TOKEN_ENV)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _post_once(self, body: bytes, n: int) -> list[Optional[float]]:
+        """One attempt. Returns n rewards (None = bad item); raises on a failed attempt."""
+        self.requests += 1
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                raw = reply.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or exc.code >= 500:
+                raise _Retryable(f"HTTP {exc.code}") from exc
+            raise RuntimeError(f"HTTP {exc.code} {exc.reason}") from exc
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:  # refused, reset, timeout
+            raise _Retryable(repr(exc)) from exc
+        try:
+            rewards = json.loads(raw)["rewards"]
+            if not isinstance(rewards, list) or len(rewards) != n:
+                raise ValueError(f"expected {n} rewards, got {rewards!r:.200}")
+        except Exception as exc:
+            raise _Retryable(f"malformed reply: {exc}") from exc
+        return [self._as_float(r) for r in rewards]
+
+    @staticmethod
+    def _as_float(value: Any) -> Optional[float]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    def _score_chunk(self, items: list[dict]) -> tuple[list[float], int]:
+        try:
+            body = json.dumps({"items": items}, default=_json_default).encode("utf-8")
+        except Exception as exc:  # e.g. circular metadata
+            logger.warning("remote reward %s: cannot encode batch: %s", self.url, exc)
+            return [0.0] * len(items), len(items)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                values = self._post_once(body, len(items))
+            except _Retryable as exc:
+                logger.warning("remote reward %s attempt %d failed: %s", self.url, attempt + 1, exc)
+                continue
+            except Exception as exc:
+                logger.warning("remote reward %s failed (not retried): %s", self.url, exc)
+                break
+            bad = sum(v is None for v in values)
+            return [0.0 if v is None else v for v in values], bad
+        return [0.0] * len(items), len(items)
+
+    def score_batch(
+        self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]
+    ) -> tuple[list[float], int]:
+        """Score a batch; returns (rewards, number of failed items). Never raises."""
+        items = [
+            {
+                "response": to_text(r),
+                "answer": None if a is None else to_text(a),
+                "metadata": m if isinstance(m, dict) else {},
+            }
+            for r, a, m in zip(responses, answers, metadatas)
+        ]
+        rewards: list[float] = []
+        failed = 0
+        for start in range(0, len(items), self.batch_size):
+            chunk_rewards, chunk_failed = self._score_chunk(items[start : start + self.batch_size])
+            rewards.extend(chunk_rewards)
+            failed += chunk_failed
+        self.failures += failed
+        return rewards, failed
+
+    def __call__(self, response: str, answer: Optional[str] = None, metadata: Optional[dict] = None) -> float:
+        """Single-item form of the reward signature (one request per call)."""
+        return self.score_batch([response], [answer], [metadata or {}])[0][0]
+
+
+def _remote_factory(url: str, **options: Any) -> RemoteReward:
+    return RemoteReward(url, **options)
+
+
+register_factory("remote", _remote_factory)
