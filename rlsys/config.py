@@ -37,28 +37,22 @@ def _copy(value):
     return copy.deepcopy(value)
 
 
-def _advantage_names() -> list[str]:
-    from rlsys.algorithms import ADVANTAGES
-
-    return sorted(ADVANTAGES)
-
-
 def _policy_loss_names() -> list[str]:
-    from rlsys.algorithms import POLICY_LOSSES
+    from rlsys.algorithms import POLICY_LOSS_NAMES
 
-    return sorted(POLICY_LOSSES)
+    return sorted(POLICY_LOSS_NAMES)
 
 
 def _kl_names() -> list[str]:
-    from rlsys.algorithms import KL_ESTIMATORS
+    from rlsys.algorithms import KL_ESTIMATOR_NAMES
 
-    return sorted(KL_ESTIMATORS)
+    return sorted(KL_ESTIMATOR_NAMES)
 
 
 def _agg_names() -> list[str]:
-    from rlsys.algorithms import LOSS_AGGREGATIONS
+    from rlsys.algorithms import LOSS_AGGREGATION_NAMES
 
-    return sorted(LOSS_AGGREGATIONS)
+    return sorted(LOSS_AGGREGATION_NAMES)
 
 
 # The algorithms a user names; each fixes the advantage estimator it uses.
@@ -83,7 +77,10 @@ class SyntheticConfig:
     families: list[str] = f(["count_color"], "Synthetic task families mixed in the dataset.")
     train_size: int = f(2048, "Synthetic training prompts.", ge=1)
     test_size: int = f(128, "Synthetic held-out prompts.", ge=1)
-    difficulty: int = f(1, "Difficulty knob: more objects and colours as it grows.", ge=0, le=3)
+    image_size: int = f(56, "Image side in pixels, a multiple of 28 (one visual token per 28 px cell).", ge=56)
+    min_objects: int = f(1, "Fewest objects drawn per image.", ge=0)
+    max_objects: int = f(4, "Most objects per image (at most one per 28 px cell).", ge=1)
+    num_colors: int = f(3, "Colours in play (the harder, the more).", ge=2, le=5)
 
 
 @dataclass
@@ -146,6 +143,9 @@ class LearnerConfig:
     mini_batches: int = f(1, "Optimizer steps per epoch (the batch split into this many).", ge=1)
     gradient_checkpointing: bool = f(False, "Recompute activations to save memory.")
     backend: Literal["auto", "gloo", "nccl"] = f("auto", "Collective backend; auto = nccl with GPUs, else gloo.")
+    weight_sync: Literal["collective", "object_store"] = f(
+        "collective", "Learner -> engine weights through a broadcast group (gloo/NCCL) or the Ray object store.")
+    sync_bucket_mb: float = f(64.0, "Size of one weight-sync bucket.", gt=0.0)
 
 
 @dataclass
@@ -428,6 +428,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"sampling.offline_path = null: sampling.mode = '{cfg.sampling.mode}' needs recorded rollouts")
     if cfg.algorithm.name in ("grpo", "rloo") and cfg.rollout.n < 2:
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: {cfg.algorithm.name} needs >= 2 samples per prompt for its baseline")
+    syn = cfg.data.synthetic
+    if syn.image_size % 28:
+        raise ConfigError(f"data.synthetic.image_size = {syn.image_size}: must be a multiple of 28")
+    if not syn.min_objects <= syn.max_objects <= (syn.image_size // 28) ** 2:
+        raise ConfigError(f"data.synthetic.max_objects = {syn.max_objects}: must be between min_objects "
+                          f"({syn.min_objects}) and the {(syn.image_size // 28) ** 2} cells of the image")
     if cfg.model.min_pixels > cfg.model.max_pixels:
         raise ConfigError(f"model.min_pixels = {cfg.model.min_pixels}: must be <= model.max_pixels ({cfg.model.max_pixels})")
     if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:

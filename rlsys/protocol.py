@@ -19,7 +19,7 @@ class MediaItem:
     """
 
     sha256: str
-    png: bytes
+    png: bytes = field(repr=False)  # keeps logs and tracebacks free of raw image bytes
     width: int
     height: int
 

@@ -71,7 +71,23 @@ def get_advantage(name: str):
 
 def _float_rewards(rewards: Tensor) -> Tensor:
     # At least fp32: group statistics of bf16 scores lose too much precision.
-    return rewards.to(torch.promote_types(rewards.dtype, torch.float32))
+    return rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
+
+
+def _check_shapes(inputs: AdvantageInputs) -> torch.Tensor:
+    """The response mask as bool [N, R], after checking every input against it."""
+    mask = inputs.response_mask
+    if mask.dim() != 2:
+        raise ValueError(f"response_mask must be [N, R], got shape {tuple(mask.shape)}")
+    for name in ("rewards", "group_index"):
+        shape = tuple(getattr(inputs, name).shape)
+        if shape != (mask.shape[0],):
+            raise ValueError(f"{name} must be [N]=({mask.shape[0]},), got {shape}")
+    for name in ("values", "token_rewards"):
+        t = getattr(inputs, name)
+        if t is not None and t.shape != mask.shape:
+            raise ValueError(f"{name} must be [N, R]={tuple(mask.shape)}, got {tuple(t.shape)}")
+    return mask.bool()
 
 
 def _group_stats(rewards: Tensor, group_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,7 +132,8 @@ def _token_level_rewards(inputs: AdvantageInputs, mask: Tensor) -> Tensor:
     rewards = _float_rewards(inputs.rewards)
     tok = rewards.new_zeros(mask.shape)
     if inputs.token_rewards is not None:
-        tok = torch.where(mask, inputs.token_rewards.to(rewards.dtype), 0.0)
+        # detached: a KL penalty used as reward must not backpropagate through the advantage
+        tok = torch.where(mask, inputs.token_rewards.detach().to(rewards.dtype), 0.0)
     if mask.shape[1] == 0:
         return tok
     positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
@@ -143,7 +160,7 @@ def grpo(inputs: AdvantageInputs, params: AdvantageParams) -> AdvantageOutputs:
     norm_by_std is False (Dr.GRPO). std is unbiased; a group of size 1 gets 0.
     Broadcast to every valid token: advantages, returns [N, R]."""
     _reject_token_rewards("grpo", inputs)
-    mask = inputs.response_mask.bool()
+    mask = _check_shapes(inputs)
     r = _float_rewards(inputs.rewards)
     count, total, std = _group_stats(r, inputs.group_index)
     adv = r - total / count  # exactly 0 for singleton groups
@@ -158,7 +175,7 @@ def rloo(inputs: AdvantageInputs, params: AdvantageParams) -> AdvantageOutputs:
     """A_i = r_i - mean_{j != i, same group} r_j = (G r_i - sum_group r) / (G - 1);
     a group of size 1 has no baseline and gets 0. Broadcast to valid tokens: [N, R]."""
     _reject_token_rewards("rloo", inputs)
-    mask = inputs.response_mask.bool()
+    mask = _check_shapes(inputs)
     r = _float_rewards(inputs.rewards)
     count, total, _ = _group_stats(r, inputs.group_index)
     adv = torch.where(count > 1, (count * r - total) / (count - 1).clamp(min=1), torch.zeros_like(r))
@@ -191,7 +208,7 @@ def reinforce_pp(inputs: AdvantageInputs, params: AdvantageParams) -> AdvantageO
     on the last valid token; returns G_t = sum_{k>=t, valid} gamma^(#valid tokens between) r_k;
     advantages = G whitened over all valid tokens of the batch (params.whiten), no critic.
     advantages, returns: [N, R]."""
-    mask = inputs.response_mask.bool()
+    mask = _check_shapes(inputs)
     rew = _token_level_rewards(inputs, mask)
     zeros = rew.new_zeros(mask.shape[0])
 
@@ -215,7 +232,7 @@ def gae(inputs: AdvantageInputs, params: AdvantageParams) -> AdvantageOutputs:
     """
     if inputs.values is None:
         raise ValueError("advantage estimator 'gae' needs inputs.values (critic values [N, R])")
-    mask = inputs.response_mask.bool()
+    mask = _check_shapes(inputs)
     rew = _token_level_rewards(inputs, mask)
     values = torch.where(mask, inputs.values.detach().to(rew.dtype), 0.0)
     zeros = rew.new_zeros(mask.shape[0])

@@ -4,7 +4,7 @@ The public entry points are re-exported here; see each module's docstring for de
   media      decode_image, smart_resize, to_media_item, MediaCache
   templates  R1_SYSTEM_PROMPT, build_messages, format_response, prompt_text
   synthetic  generate_task_rows, write_synthetic_dataset, demonstration, Difficulty, FAMILIES
-  datasets   load_prompts, LoadResult, SkippedRow (and the dataset schema)
+  datasets   load_prompts, LoadResult, SkippedRow, read_rows, rows_to_parquet (and the schema)
 """
 from __future__ import annotations
 
@@ -70,7 +70,14 @@ from rlsys.data.synthetic import (  # noqa: E402
     generate_task_rows,
     write_synthetic_dataset,
 )
-from rlsys.data.datasets import LoadResult, SkippedRow, load_prompts  # noqa: E402
+from rlsys.data.datasets import (  # noqa: E402
+    LoadResult,
+    SkippedRow,
+    approx_prompt_tokens,
+    load_prompts,
+    read_rows,
+    rows_to_parquet,
+)
 
 __all__ = [
     "DataError",
@@ -89,5 +96,8 @@ __all__ = [
     "write_synthetic_dataset",
     "LoadResult",
     "SkippedRow",
+    "approx_prompt_tokens",
     "load_prompts",
+    "read_rows",
+    "rows_to_parquet",
 ]

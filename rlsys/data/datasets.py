@@ -64,6 +64,9 @@ class SkippedRow:
 
 @dataclass
 class LoadResult:
+    """What load_prompts returns: the good rows as Prompts, the skipped rows, and the cache
+    holding each distinct image once (pass it to the next load to dedupe across files)."""
+
     prompts: list[Prompt]
     skipped: list[SkippedRow]
     source: str = ""
@@ -91,7 +94,9 @@ class _Ctx:
 
 # ---- reading rows ----------------------------------------------------------------------------
 
-def read_rows(path: Union[str, os.PathLike], split: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+def read_rows(
+    path: Union[str, os.PathLike], split: Optional[str] = None
+) -> Iterator[tuple[int, Any]]:
     """Yield (row index, row dict) — or (row index, DataError) for a row that cannot be parsed,
     so that skip mode can skip it. File-level problems raise DataError at once."""
     p, src = Path(path), str(path)
@@ -109,20 +114,29 @@ def read_rows(path: Union[str, os.PathLike], split: Optional[str] = None) -> Ite
 
 
 def _json_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json" and text.lstrip().startswith("["):
+    if p.suffix == ".json" and _starts_with(p, "["):
         try:
-            yield from enumerate(json.loads(text))
-            return
-        except json.JSONDecodeError as e:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"invalid JSON array ({e})", source=src) from e
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue  # blank lines are not rows (but keep numbering = line number - 1)
-        try:
-            yield i, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield i, DataError(f"invalid JSON ({e.msg} at column {e.colno})", field="<row>")
+        yield from enumerate(rows)
+        return
+    try:
+        with open(p, encoding="utf-8") as f:  # streamed: JSONL with base64 images can be big
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue  # blank lines are not rows, but still count: row i = line i+1
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, DataError(f"invalid JSON ({e.msg} at column {e.colno})", field="<row>")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e})", source=src) from e
+
+
+def _starts_with(p: Path, char: str) -> bool:
+    with open(p, "rb") as f:
+        return f.read(4096).lstrip().startswith(char.encode())
 
 
 def _parquet_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
@@ -144,7 +158,7 @@ def _hf_rows(p: Path, src: str, split: Optional[str]) -> Iterator[tuple[int, Any
     try:
         import datasets as hf
     except ImportError as e:  # pragma: no cover - datasets is a dependency of the env
-        raise DataError("loading a dataset directory needs the `datasets` package", source=src) from e
+        raise DataError("a dataset directory needs the `datasets` package", source=src) from e
     try:
         ds = hf.load_from_disk(str(p))
     except Exception as e:  # datasets raises FileNotFoundError / ValueError variants
@@ -203,7 +217,7 @@ def _image_sources(raw: dict) -> list[tuple[str, Any]]:
 def _check_part(part: Any, where: str) -> dict:
     _expect(part, dict, where, "a content part dict")
     kind = part.get("type")
-    if kind in ("image", "image_url"):
+    if kind == "image":  # the image itself lives in the images column, not in the part
         return {"type": "image"}
     if kind == "text":
         return {"type": "text", "text": _expect(part.get("text"), str, f"{where}.text", "a string")}
@@ -279,8 +293,8 @@ def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
     if ctx.max_prompt_tokens is not None:
         n = int((ctx.count_tokens or approx_prompt_tokens)(prompt))
         if n > ctx.max_prompt_tokens:
-            raise DataError(f"prompt has {n} tokens, over max_prompt_tokens={ctx.max_prompt_tokens}",
-                            field=name)
+            limit = ctx.max_prompt_tokens
+            raise DataError(f"prompt has {n} tokens, over max_prompt_tokens={limit}", field=name)
     return prompt
 
 
@@ -334,14 +348,14 @@ def load_prompts(
                 raise raw
             prompt = _row_to_prompt(raw, i, ctx)
             if prompt.uid in first_row_of:
-                raise DataError(f"duplicate id '{prompt.uid}' (first at row {first_row_of[prompt.uid]})",
-                                field="id")
+                first = first_row_of[prompt.uid]
+                raise DataError(f"duplicate id '{prompt.uid}' (first at row {first})", field="id")
         except DataError as e:
             err = e.located(source=src, row=i)
             if on_bad_row == "error":
                 raise err from e
             logger.warning("skipping bad row: %s", err)
-            result.skipped.append(SkippedRow(row=i, reason=err.reason, field=err.field, message=str(err)))
+            result.skipped.append(SkippedRow(i, err.reason, err.field, message=str(err)))
             continue
         first_row_of[prompt.uid] = i
         result.prompts.append(prompt)

@@ -25,7 +25,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from PIL import Image
 
@@ -41,8 +41,6 @@ MAX_ASPECT_RATIO = 200  # the processor refuses more extreme images; fail early 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 # A 1x1 PNG is ~67 bytes = ~90 base64 chars: anything shorter cannot be a base64 image.
 _MIN_BASE64_CHARS = 80
-
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, "Image.Image", dict]
 
 
 def _open_bytes(data: bytes) -> Image.Image:

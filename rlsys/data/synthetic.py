@@ -95,9 +95,13 @@ class Difficulty:
 
     @classmethod
     def coerce(cls, value: Union["Difficulty", dict, None]) -> "Difficulty":
-        if value is None:
-            return cls()
-        return value if isinstance(value, cls) else cls(**value)
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Difficulty: unknown knobs {sorted(unknown)}; "
+                             f"known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,8 @@ def _solve_sum_digits(objects, _target):
     total = sum(digits)
     if len(digits) == 1:
         return f"The only digit is {total}.", str(total)
-    return f"The digits are {', '.join(map(str, digits))}. {' + '.join(map(str, digits))} = {total}.", str(total)
+    listed, summed = ", ".join(map(str, digits)), " + ".join(map(str, digits))
+    return f"The digits are {listed}. {summed} = {total}.", str(total)
 
 
 register_family(TaskFamily("count_color", _sample_count_color,
@@ -355,14 +360,15 @@ def write_synthetic_dataset(
     Train and test draw from disjoint seed streams (split name in the seed) and test rows that
     repeat a train item (same question and image) are dropped, so test measures generalisation.
     """
-    families = list(families or FAMILIES)
+    families = [families] if isinstance(families, str) else list(families or FAMILIES)
     for fam in families:
         _family(fam)
     d = Difficulty.coerce(difficulty)
     train = _split_rows(families, train_size, seed, d, "train")
     test = _split_rows(families, test_size, seed, d, "test", {_content_key(r) for r in train})
     out = Path(out_dir)
-    return rows_to_parquet(train, out / "train.parquet"), rows_to_parquet(test, out / "test.parquet")
+    train_path = rows_to_parquet(train, out / "train.parquet")
+    return train_path, rows_to_parquet(test, out / "test.parquet")
 
 
 def demonstration(row: Any) -> str:

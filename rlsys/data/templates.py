@@ -74,8 +74,8 @@ def message_text(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, str):
         return content
-    texts = [p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
-    return "\n".join(t for t in texts if t)
+    parts = [p for p in content or [] if isinstance(p, dict) and p.get("type") == "text"]
+    return "\n".join(p["text"] for p in parts if p.get("text"))
 
 
 def count_image_parts(messages: list[dict[str, Any]]) -> int:

@@ -18,9 +18,10 @@ an exception. The pipeline for `answers_match(pred, ref)`:
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from fractions import Fraction
 from typing import Optional
@@ -29,12 +30,11 @@ logger = logging.getLogger("rlsys.rewards")
 
 # Inputs longer than this are never sent to math-verify (parsing cost grows with length).
 MATH_VERIFY_MAX_CHARS = 256
-# Wall-clock budget for one math-verify comparison.
-MATH_VERIFY_TIMEOUT_S = 2.0
+# Wall-clock budget for one math-verify comparison (typical: 0.05-0.4 s; generous for loaded hosts).
+MATH_VERIFY_TIMEOUT_S = 5.0
 # A normalised number literal longer than this is not parsed (Fraction of 10^6 digits is slow).
 _MAX_NUMBER_CHARS = 64
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _FRAC_RE = re.compile(r"^([+-]?)\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
@@ -78,34 +78,44 @@ def to_text(value: object) -> str:
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last \\boxed{...} (or \\fbox{...}) with balanced braces, else None."""
+    """Content of the last \\boxed{...} (or \\fbox{...}) with balanced braces, else None.
+
+    One left-to-right pass pairs the braces (a stack), so adversarial inputs such as
+    "\\boxed{" * 10_000 stay linear instead of rescanning the tail for every candidate.
+    """
     starts = [m.end() for m in _BOXED_RE.finditer(text)]
+    if not starts:
+        return None
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for i in range(starts[0] - 1, len(text)):
+        ch = text[i]
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
     for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-            i += 1
+        end = closing.get(start - 1)  # start - 1 is the opening brace matched by _BOXED_RE
+        if end is not None:
+            return text[start:end]
     return None
 
 
 def extract_answer(response: str) -> Optional[str]:
     """The answer a response commits to, or None.
 
-    Rule: the content of the LAST complete <answer>...</answer> block; if that block contains
+    Rule: the content of the LAST complete <answer>...</answer> block (the text between the
+    last "</answer>" and the nearest "<answer>" before it); if that block contains
     \\boxed{...}, the last boxed content inside it. Without a complete answer block, the last
     \\boxed{...} anywhere in the response. Otherwise (no tags, no box, or an unclosed tag from
     a truncated generation) None — bare text is not graded, so the model must commit.
     """
     text = to_text(response)
-    blocks = _ANSWER_RE.findall(text)
-    if blocks:
-        inner = blocks[-1]
+    # rfind, not a regex findall: "<answer>" * 10**4 with no closing tag would be quadratic.
+    close = text.rfind("</answer>")
+    open_ = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    if open_ >= 0:
+        inner = text[open_ + len("<answer>") : close]
         boxed = last_boxed(inner)
         return boxed if boxed is not None else inner
     return last_boxed(text)
@@ -178,6 +188,33 @@ def parse_number(s: str) -> Optional[Fraction]:
         return None
 
 
+class _DaemonWorker:
+    """One daemon thread running submitted calls in order.
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so a stuck sympy
+    call would hang shutdown. A daemon thread is simply abandoned.
+    """
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name="rlsys-math-verify").start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
 class _GuardedMathVerify:
     """math-verify behind a deadline. Never raises, never blocks longer than the deadline.
 
@@ -190,8 +227,8 @@ class _GuardedMathVerify:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._inflight: Optional[Future] = None
+        self._executor: Optional[_DaemonWorker] = None
+        self._stuck: Optional[Future] = None  # a call that overran its deadline
         self._module = None
         self._unavailable = False
 
@@ -199,12 +236,28 @@ class _GuardedMathVerify:
         if self._module is None and not self._unavailable:
             try:
                 import math_verify  # heavy (sympy): imported on first use only
+                import math_verify.grader
+                import math_verify.parser
 
+                # We disable its signal-based timeouts on purpose and bound calls ourselves;
+                # silence the one-time "timeout is disabled" warning that would mislead.
+                math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+                math_verify.grader.TIMEOUT_WARNING_SHOWN = True
                 self._module = math_verify
+                self._warm_up()
             except Exception as exc:  # missing or broken install -> string/number fallback
                 logger.warning("math-verify unavailable (%s); using the fallback comparator", exc)
                 self._unavailable = True
         return self._module
+
+    def _warm_up(self) -> None:
+        """First comparisons pay lazy sympy/grammar setup (~2 s); keep it out of the deadline."""
+        self._executor = _DaemonWorker()
+        for pred, ref in (("\\frac{1}{2}", "0.5"), ("(x+1)^2", "x^2+2x+1")):
+            try:
+                self._executor.submit(self._compare, pred, ref).result(timeout=60)
+            except Exception:
+                pass
 
     def _compare(self, pred: str, ref: str) -> bool:
         mv = self._module
@@ -216,21 +269,21 @@ class _GuardedMathVerify:
         return bool(mv.verify(gold, guess, timeout_seconds=None))
 
     def equal(self, pred: str, ref: str, timeout_s: float = MATH_VERIFY_TIMEOUT_S) -> bool:
-        if self._load() is None:
-            return False
-        with self._lock:
-            if self._inflight is not None and not self._inflight.done():
-                return False  # a previous call is stuck: do not queue behind it
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="rlsys-math-verify")
+        with self._lock:  # one import + warm-up even with concurrent first callers
+            if self._load() is None:
+                return False
+            if self._stuck is not None and not self._stuck.done():
+                return False  # a previous call overran and still runs: do not queue behind it
             future = self._executor.submit(self._compare, pred, ref)
-            self._inflight = future
         try:
             return bool(future.result(timeout=timeout_s))
         except FutureTimeout:
-            logger.warning("math-verify exceeded %.1fs on %r vs %r", timeout_s, pred[:80], ref[:80])
+            if not future.cancel():  # it started (not merely queued): the helper thread is busy
+                self._stuck = future
+                logger.warning("math-verify exceeded %.1fs on %r vs %r; LaTeX answers use the "
+                               "fallback comparator until it returns", timeout_s, pred[:80], ref[:80])
             return False
-        except BaseException:  # math-verify/sympy errors of any kind -> no match
+        except Exception:  # math-verify/sympy errors of any kind -> no match
             return False
 
 

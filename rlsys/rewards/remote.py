@@ -122,12 +122,12 @@ class RemoteReward:
             return None
         return float(value) if math.isfinite(value) else None
 
-    def _score_chunk(self, items: list[dict]) -> tuple[list[float], int]:
+    def _score_chunk(self, items: list[dict]) -> tuple[list[float], list[bool]]:
         try:
             body = json.dumps({"items": items}, default=_json_default).encode("utf-8")
         except Exception as exc:  # e.g. circular metadata
             logger.warning("remote reward %s: cannot encode batch: %s", self.url, exc)
-            return [0.0] * len(items), len(items)
+            return [0.0] * len(items), [True] * len(items)
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retried += 1
@@ -140,14 +140,13 @@ class RemoteReward:
             except Exception as exc:
                 logger.warning("remote reward %s failed (not retried): %s", self.url, exc)
                 break
-            bad = sum(v is None for v in values)
-            return [0.0 if v is None else v for v in values], bad
-        return [0.0] * len(items), len(items)
+            return [0.0 if v is None else v for v in values], [v is None for v in values]
+        return [0.0] * len(items), [True] * len(items)
 
     def score_batch(
         self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]
-    ) -> tuple[list[float], int]:
-        """Score a batch; returns (rewards, number of failed items). Never raises."""
+    ) -> tuple[list[float], list[bool]]:
+        """Score a batch; returns (rewards, failed flag per item). Never raises."""
         items = [
             {
                 "response": to_text(r),
@@ -157,12 +156,12 @@ class RemoteReward:
             for r, a, m in zip(responses, answers, metadatas)
         ]
         rewards: list[float] = []
-        failed = 0
+        failed: list[bool] = []
         for start in range(0, len(items), self.batch_size):
             chunk_rewards, chunk_failed = self._score_chunk(items[start : start + self.batch_size])
             rewards.extend(chunk_rewards)
-            failed += chunk_failed
-        self.failures += failed
+            failed.extend(chunk_failed)
+        self.failures += sum(failed)
         return rewards, failed
 
     def __call__(self, response: str, answer: Optional[str] = None, metadata: Optional[dict] = None) -> float:

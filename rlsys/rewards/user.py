@@ -99,12 +99,24 @@ def load_function(spec: str) -> Callable:
 # ----------------------------------------------------------------------------- worker side
 
 
-def _worker_main(conn) -> None:
+def _worker_main(conn, preload: tuple = ()) -> None:
     """Worker loop: receive (task_id, target, response, answer, metadata), reply with a float.
 
     target is ("spec", canonical spec) — resolved here, cached — or ("obj", picklable callable).
+    Targets in `preload` are imported before the worker reports ready (objects: when the
+    arguments were unpickled), so a user module's import time is not charged to a call.
     """
     cache: dict[str, Callable] = {}
+    for kind, ref in preload:
+        try:
+            if kind == "spec":
+                cache[ref] = load_function(ref)
+        except Exception:
+            pass  # reported per call, where it is counted
+    try:
+        conn.send("ready")
+    except (OSError, ValueError):
+        return
     while True:
         try:
             msg = conn.recv()
@@ -147,11 +159,20 @@ class CallOutcome:
 
 
 class _Worker:
-    def __init__(self, ctx) -> None:
+    """One worker process and the parent's end of its pipe. Call `wait_ready` before use."""
+
+    def __init__(self, ctx, preload: tuple) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="rlsys-reward")
+        self.proc = ctx.Process(target=_worker_main, args=(child, preload), daemon=True,
+                                name="rlsys-reward")
         self.proc.start()
         child.close()  # the parent keeps only its end, so a dead child reads as EOF
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        try:
+            return self.conn.poll(timeout_s) and self.conn.recv() == "ready"
+        except (EOFError, OSError):
+            return False
 
     def kill(self) -> None:
         try:
@@ -173,22 +194,35 @@ class IsolatedPool:
     at a time).
     """
 
-    def __init__(self, max_workers: int = 2, mp_context: str = "spawn") -> None:
+    def __init__(self, max_workers: int = 2, mp_context: str = "spawn", preload: tuple = (),
+                 startup_timeout_s: float = 60.0) -> None:
         self.max_workers = max(1, int(max_workers))
         self._ctx = mp.get_context(mp_context)
+        self._preload = tuple(preload)
+        self._startup_timeout_s = startup_timeout_s
         self._idle: list[_Worker] = []
-        self._count = 0  # live workers
+        self._count = 0  # live workers (idle or busy)
         self._lock = threading.Lock()
         self.restarts = 0  # workers killed after a timeout or a crash
         self._closed = False
 
+    def _start_workers(self, wanted: int) -> None:
+        """Start workers up to `wanted` in parallel; deadlines start only once they are ready.
+
+        Process start-up (interpreter, imports) can take seconds on a loaded machine; charging
+        it to a call's timeout would fail healthy reward functions.
+        """
+        new = [_Worker(self._ctx, self._preload) for _ in range(min(wanted, self.max_workers) - self._count)]
+        for worker in new:
+            if worker.wait_ready(self._startup_timeout_s):
+                self._idle.append(worker)
+                self._count += 1
+            else:
+                logger.warning("reward worker failed to start within %.0fs", self._startup_timeout_s)
+                worker.kill()
+
     def _acquire(self) -> Optional[_Worker]:
-        if self._idle:
-            return self._idle.pop()
-        if self._count < self.max_workers:
-            self._count += 1
-            return _Worker(self._ctx)
-        return None
+        return self._idle.pop() if self._idle else None
 
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
@@ -203,7 +237,13 @@ class IsolatedPool:
                 raise RuntimeError("IsolatedPool is closed")
             pending = list(range(len(tasks)))[::-1]  # pop() from the end keeps task order
             busy: dict[Any, tuple[_Worker, int, float]] = {}
+            self._resent: set[int] = set()  # tasks already re-queued after a dead idle worker
             while pending or busy:
+                self._start_workers(len(pending) + len(busy))
+                if not self._idle and not busy:  # no worker could start: fail what is left
+                    for idx in pending:
+                        outcomes[idx] = CallOutcome(ok=False, error="no reward worker could start")
+                    break
                 self._dispatch(tasks, pending, busy, outcomes, timeout_s)
                 if busy:
                     self._collect(busy, outcomes, timeout_s)
@@ -217,12 +257,17 @@ class IsolatedPool:
             idx = pending.pop()
             try:
                 worker.conn.send((idx, *tasks[idx]))
-            except Exception as exc:  # unpicklable metadata/function, or a dead pipe
-                outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}"[:500])
-                if isinstance(exc, OSError):
-                    self._discard(worker)
+            except OSError as exc:  # the worker died while idle (e.g. OOM-killed): not the call's
+                self._discard(worker)  # fault, so re-queue it once on a fresh worker
+                if idx in self._resent:
+                    outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}")
                 else:
-                    self._idle.append(worker)
+                    self._resent.add(idx)
+                    pending.append(idx)
+                continue
+            except Exception as exc:  # unpicklable metadata or function
+                outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}"[:500])
+                self._idle.append(worker)
                 continue
             busy[worker.conn] = (worker, idx, time.monotonic() + timeout_s)
 
@@ -251,10 +296,6 @@ class IsolatedPool:
         with self._lock:
             self._closed = True
             for worker in self._idle:
-                try:
-                    worker.conn.send(None)
-                except Exception:
-                    pass
                 worker.kill()
             self._idle.clear()
             self._count = 0

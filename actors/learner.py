@@ -1,0 +1,88 @@
+"""Ray actor of one policy-learner rank. Launch: `ray.remote(num_cpus=..., num_gpus=...)(LearnerActor)`.
+
+Every method that runs or gathers the model is a collective under ZeRO-3: the driver calls
+it on all ranks at once (each with its own shard) and gets the results together.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from actors import free_port, init_torch_distributed, node_ip
+
+
+class LearnerActor:
+    """rank/world_size/master_*: the DeepSpeed group's rendezvous (rank 0's node, free port).
+    learner_kwargs: PolicyLearner keyword arguments (zero_stage, lr, micro_batch_size, ...)."""
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
+                 model_path: str, learner_kwargs: Optional[dict] = None):
+        kwargs = dict(learner_kwargs or {})
+        kwargs["backend"] = init_torch_distributed(rank, world_size, master_addr, master_port,
+                                                   kwargs.get("backend", "auto"))
+        from rlsys.learner import PolicyLearner
+
+        self.rank = rank
+        self.learner = PolicyLearner(model_path, **kwargs)
+        self.sender = None
+
+    def ready(self) -> dict:
+        return {"rank": self.learner.rank, "world": self.learner.world}
+
+    def train_step(self, batch) -> dict:
+        """TrainBatch (this rank's shard) -> LearnerMetrics as a dict (same on all ranks)."""
+        return self.learner.train_step(batch).as_dict()
+
+    def compute_logprobs(self, samples) -> list:
+        return self.learner.compute_logprobs(samples)
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.save_checkpoint(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.load_checkpoint(ckpt_dir)
+
+    def export_hf(self, out_dir: str) -> None:
+        self.learner.export_hf(out_dir)
+
+    # ---- weight sync: rank 0 sends; the other ranks only take part in ZeRO-3 gathers
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        """(host, free port) on this node for the weight-sync group's store (call on rank 0)."""
+        host = node_ip()
+        return host, free_port(host)
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str = "gloo",
+                         bucket_mb: float = 64.0) -> None:
+        """Rank 0 opens the sender; blocks until all receivers joined, so the driver starts
+        this and every receiver's init concurrently."""
+        if self.rank == 0:
+            from rlsys.distributed.weight_sync import WeightSyncSender
+
+            self.sender = WeightSyncSender(host, port, world_size, backend=backend, bucket_mb=bucket_mb)
+
+    def sync_weights(self, version: int) -> Optional[dict]:
+        """Broadcast the current weights as `version` (all ranks call; rank 0 returns stats)."""
+        named = self.learner.named_parameters_for_sync()
+        if self.sender is None:
+            for _ in named:  # take part in the gathers
+                pass
+            return None
+        return vars(self.sender.send(named, version))
+
+    def weight_buckets(self, bucket_mb: float = 64.0) -> list:
+        """Object-store fallback: rank 0 returns [[(name, tensor), ...], ...]; others []."""
+        from rlsys.distributed.weight_sync import bucketize
+
+        buckets = [[(n, t.detach().cpu().clone()) for n, t in b]
+                   for b in bucketize(self.learner.named_parameters_for_sync(), bucket_mb)]
+        return buckets if self.rank == 0 else []
+
+    def params_digest(self) -> str:
+        """sha256 of all (HF name, full tensor): compare with a receiver's digest."""
+        from rlsys.distributed.weight_sync import tensors_digest
+
+        return tensors_digest(self.learner.named_parameters_for_sync())
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Escape hatch for tests and tools: any PolicyLearner method by name."""
+        return getattr(self.learner, method)(*args, **kwargs)

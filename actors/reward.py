@@ -1,0 +1,36 @@
+"""Reward actor: rule-based and user reward functions (in a worker pool with timeouts) and an
+optional scalar reward model. One method per remote call."""
+from __future__ import annotations
+
+from rlsys.protocol import RewardResult, RolloutGroup
+
+
+class RewardActor:
+    def __init__(self, components: list[tuple[str, float]], timeout_s: float, num_workers: int,
+                 reward_model: str | None = None, reward_model_weight: float = 1.0, dtype: str = "float32"):
+        from rlsys.rewards.scorer import RewardScorer
+
+        self.scorer = RewardScorer(components, timeout_s=timeout_s, max_workers=num_workers)
+        self.reward_model = None
+        self.reward_model_weight = reward_model_weight
+        if reward_model:
+            from rlsys.rewards.model import ScalarRewardModel
+
+            self.reward_model = ScalarRewardModel(reward_model, dtype=dtype)
+
+    def score(self, groups: list[RolloutGroup]) -> list[RewardResult]:
+        results = self.scorer.score_groups(groups)
+        if self.reward_model is not None:
+            for group, result in zip(groups, results):
+                scores = self.reward_model.score(group)
+                result.components["reward_model"] = scores
+                result.rewards = [r + self.reward_model_weight * s for r, s in zip(result.rewards, scores)]
+        return results
+
+    def failure_count(self) -> int:
+        return int(self.scorer.stats().get("failures", 0))
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        from rlsys.memory import peak_memory_mb
+
+        return peak_memory_mb()

@@ -1,0 +1,56 @@
+"""Rollout actor: one vLLM engine, one method per remote call. Knows nothing of the loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlsys.protocol import Prompt, RolloutGroup
+
+
+@dataclass
+class SamplingSettings:
+    """What one generate call asks for (greedy evaluation uses temperature 0, n 1)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+class RolloutActor:
+    def __init__(self, model_path: str, engine_kwargs: dict):
+        from rlsys.models.engine import VLLMEngine
+
+        self.engine = VLLMEngine(model_path, **engine_kwargs)
+        self.version = 0
+        self._receiver = None
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[RolloutGroup]:
+        return self.engine.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                    top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                    policy_version=self.version)
+
+    def open_weight_sync(self, host: str, port: int, world_size: int, rank: int, backend: str) -> None:
+        """Joins the learner's weight-sync group; blocks until every member has joined."""
+        from rlsys.distributed.weight_sync import WeightSyncReceiver
+
+        self._receiver = WeightSyncReceiver(host, port, world_size, rank, backend=backend)
+
+    def receive_weights(self) -> int:
+        """Takes one broadcast from the learner into the live engine; returns the new version."""
+        self.engine.update_weights(self._receiver.receive())
+        self.version = self._receiver.version
+        return self.version
+
+    def load_weights(self, named_tensors: list, version: int) -> int:
+        """Object-store fallback of `receive_weights` (one bucket per call; version set on the last)."""
+        self.engine.update_weights(iter(named_tensors))
+        self.version = version
+        return self.version
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        from rlsys.memory import peak_memory_mb
+
+        return peak_memory_mb()

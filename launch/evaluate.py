@@ -1,0 +1,47 @@
+"""`rlsys eval`: held-out accuracy and format rate of a model, greedy, generated with vLLM."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlsys.config import RunConfig
+
+
+def load_split(cfg: RunConfig, path: str | Path):
+    """Prompts of one dataset file, validated as the config says (errors name file and row)."""
+    from rlsys.data.datasets import load_prompts
+    from rlsys.data.templates import R1_SYSTEM_PROMPT
+
+    result = load_prompts(path, on_bad_row=cfg.data.on_bad_row, max_prompt_tokens=cfg.model.max_prompt_tokens,
+                          min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
+                          system_prompt=cfg.data.system_prompt or R1_SYSTEM_PROMPT)
+    if result.skipped:
+        print(f"{path}: skipped {len(result.skipped)} of {result.num_rows} rows (data.on_bad_row=skip)")
+    return result.prompts
+
+
+def engine_kwargs(cfg: RunConfig) -> dict:
+    r = cfg.rollout
+    return {"tensor_parallel_size": r.tensor_parallel_size, "dtype": cfg.model.dtype,
+            "max_model_len": r.max_model_len, "gpu_memory_utilization": r.gpu_memory_utilization,
+            "seed": cfg.seed, "enforce_eager": r.enforce_eager}
+
+
+def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
+    from launch.embedded import resolve
+    from rlsys.evaluation import evaluate_groups
+    from rlsys.models.engine import VLLMEngine
+
+    assets = resolve(cfg)
+    model = model or (str(assets.model_dir) if assets.model_dir else cfg.model.path)
+    data = data or (str(assets.test_path) if assets.test_path else cfg.data.test)
+    prompts = load_split(cfg, data)[: cfg.eval.max_prompts]
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.cpu_kv_cache_gib))))
+    engine = VLLMEngine(model, **engine_kwargs(cfg))
+    groups = engine.generate(prompts, n=1, temperature=0.0, top_p=1.0,
+                             max_tokens=cfg.eval.max_new_tokens, policy_version=0)
+    result = evaluate_groups(groups)
+    print(f"eval  model={model}  data={data}  n={result.n}  accuracy={result.accuracy:.3f}  "
+          f"format_rate={result.format_rate:.3f}  mean_length={result.response_length_mean:.1f}")
+    return 0

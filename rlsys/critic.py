@@ -1,0 +1,179 @@
+"""PPO critic: per-token values from the policy's backbone plus a scalar head. No Ray here.
+
+`ValueLearner` owns its own DeepSpeed engine (same config code as the policy learner) and
+the same calling conventions: each rank gets its shard; model-running methods are
+collectives under ZeRO-3; losses use global token/sequence counts across ranks.
+
+Alignment: the value of response token j is read at position response_start - 1 + j, the
+hidden state the policy's logits for token j come from (the state before the action).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from rlsys.algorithms.losses import LOSS_AGGREGATIONS, AggregationParams, value_loss
+from rlsys.learner import DeepSpeedTrainerBase, pad_to
+from rlsys.protocol import TrainBatch, TrainSample
+
+
+@dataclass
+class CriticMetrics:
+    """One critic `train_step`, global over ranks; losses are means over optimizer steps.
+    value_clip_frac: tokens whose clipped branch was the larger loss.
+    explained_var: 1 - Var(returns - values) / Var(returns), values before the update."""
+
+    value_loss: float = 0.0
+    value_clip_frac: float = 0.0
+    values_mean: float = 0.0
+    returns_mean: float = 0.0
+    explained_var: float = 0.0
+    grad_norm: float = 0.0
+    lr: float = 0.0
+    tokens: float = 0.0
+    samples: float = 0.0
+    optimizer_steps: float = 0.0
+    skipped: float = 0.0
+    time_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class ValueModel(nn.Module):
+    """Backbone of a causal (VL)M (its LM head dropped) + Linear(hidden, 1).
+    forward(**model inputs) -> values [N, T] float32."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.backbone = getattr(policy, policy.base_model_prefix)
+        self.config = policy.config
+        hidden = getattr(policy.config, "text_config", policy.config).hidden_size
+        self.value_head = nn.Linear(hidden, 1, dtype=next(self.backbone.parameters()).dtype)
+        # Small init (as OpenRLHF): initial values near 0, gradients still reach the backbone.
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, **inputs) -> torch.Tensor:
+        h = self.backbone(**inputs, use_cache=False).last_hidden_state
+        return self.value_head(h).squeeze(-1).float()
+
+
+class ValueLearner(DeepSpeedTrainerBase):
+    """model_path: backbone checkpoint (usually the policy's). value_clip: clip range of the
+    value loss around the sampling-time values (None: unclipped). loss_agg/norm_length: as
+    the policy learner. Other keyword arguments: DeepSpeedTrainerBase's (zero_stage, lr, ...).
+    """
+
+    def __init__(self, model_path: str, *, value_clip: Optional[float] = 0.2,
+                 loss_agg: str = "token_mean", norm_length: Optional[float] = None,
+                 gradient_checkpointing: bool = False, **engine_kwargs: Any):
+        from rlsys.models.loading import load_policy, load_processor, pad_token_id
+
+        super().__init__(**engine_kwargs)
+        self.value_clip = value_clip
+        self.agg_fn = LOSS_AGGREGATIONS[loss_agg]
+        self.norm_length = norm_length
+        self.processor = load_processor(str(model_path))
+        self.pad_token_id = pad_token_id(self.processor)
+        policy = load_policy(str(model_path), self.torch_dtype)
+        if gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._init_engine(ValueModel(policy))
+
+    def _forward(self, samples: list[TrainSample]):
+        """-> values [N, R_max] float32 (0 at padding), mask [N, R_max] bool."""
+        from rlsys.models.forward import MODEL_INPUT_KEYS, collate
+
+        batch = collate(samples, self.processor, self.pad_token_id)
+        dev = next(self.engine.module.parameters()).device
+        values = self.engine(**{k: batch[k].to(dev) for k in MODEL_INPUT_KEYS if k in batch})
+        mask = batch["response_mask"].to(dev).bool()
+        j = torch.arange(mask.shape[1], device=dev)
+        pos = (batch["response_start"].to(dev)[:, None] - 1 + j[None]).clamp(max=values.shape[1] - 1)
+        return torch.where(mask, values.gather(1, pos), 0.0), mask
+
+    @torch.no_grad()
+    def compute_values(self, samples: list[TrainSample]) -> list[torch.Tensor]:
+        """-> list of [R_i] float32 CPU value estimates. Collective under ZeRO-3."""
+        out: list[torch.Tensor] = []
+        for mb, real in self.plan_micro_batches(samples, 1)[0]:
+            v, _ = self._forward(mb)
+            if real:
+                out += [v[i, : s.response_length].cpu() for i, s in enumerate(mb)]
+        return out
+
+    def train_step(self, batch: TrainBatch) -> CriticMetrics:
+        """Clipped value regression of `returns`, ppo_epochs x mini-batches optimizer steps.
+        Old values for clipping: the samples' `values` (sampling time), else this critic's
+        own values before the update."""
+        t0 = time.perf_counter()
+        samples = batch.samples
+        if any(s.returns is None for s in samples):
+            raise ValueError("critic train_step needs `returns` on every TrainSample")
+        self.engine.train()
+        before = self.compute_values(samples)
+        self._old = {id(s): (s.values if s.values is not None else v) for s, v in zip(samples, before)}
+        m = CriticMetrics(**self._value_stats(before, samples))
+        loss_sum = clip_sum = 0.0
+        norms = []
+        for _ in range(self.ppo_epochs):
+            for mini in self.plan_micro_batches(samples, self.mini_batches_per_step):
+                counts = self.global_counts([s for mb, real in mini if real for s in mb])
+                local = torch.zeros(3, dtype=torch.float64)  # loss share, clipped tokens, bad
+                for mb, real in mini:
+                    local += self._micro_step(mb, real, counts)
+                g = self.all_reduce(local)
+                applied, norm = self.optimizer_step(bad=g[2].item() > 0)
+                loss_sum += float(g[0])
+                clip_sum += float(g[1]) / max(counts[0], 1)
+                m.optimizer_steps += 1
+                m.skipped += 0 if applied else 1
+                if applied:
+                    norms.append(norm)
+        self._old = {}
+        n = max(m.optimizer_steps, 1)
+        m.value_loss, m.value_clip_frac = loss_sum / n, clip_sum / n
+        m.grad_norm = sum(norms) / len(norms) if norms else 0.0
+        m.lr = self.current_lr()
+        self.train_steps += 1
+        m.time_s, m.peak_mem_mb = time.perf_counter() - t0, self.peak_mem_mb()
+        return m
+
+    def _micro_step(self, mb: list[TrainSample], real: bool, counts) -> torch.Tensor:
+        values, mask = self._forward(mb)
+        if not real:
+            mask = torch.zeros_like(mask)
+        width, dev = values.shape[1], values.device
+        old = pad_to([self._old[id(s)] for s in mb], width).to(dev)
+        ret = pad_to([s.returns for s in mb], width).to(dev)
+        per_tok = value_loss(values, old, ret, mask, self.value_clip)
+        loss = self.agg_fn(per_tok, mask, AggregationParams(self.norm_length, counts[0], counts[1]))
+        clipped = torch.zeros(())
+        if self.value_clip is not None:
+            v_clip = old + (values.detach() - old).clamp(-self.value_clip, self.value_clip)
+            clipped = (mask & ((v_clip - ret) ** 2 > (values.detach() - ret) ** 2)).sum()
+        bad = not bool(torch.isfinite(loss))
+        if bad:  # poison the gradient so DeepSpeed drops the step on every rank
+            loss = loss + values.sum() * float("nan")
+        self.backward(loss)
+        return torch.tensor([0.0 if bad else float(loss.detach()), float(clipped), float(bad)],
+                            dtype=torch.float64)
+
+    def _value_stats(self, values: list[torch.Tensor], samples: list[TrainSample]) -> dict:
+        """Global means of values/returns and the explained variance, before the update."""
+        v = torch.cat(values).double() if values else torch.zeros(0, dtype=torch.float64)
+        r = torch.cat([torch.as_tensor(s.returns).double().reshape(-1) for s in samples])
+        g = self.all_reduce(torch.stack([v.sum(), r.sum(), (r * r).sum(), (r - v).sum(),
+                                         ((r - v) ** 2).sum(), torch.tensor(float(v.numel()))]))
+        n = max(float(g[5]), 1.0)
+        var_r = float(g[2]) / n - (float(g[1]) / n) ** 2
+        var_e = float(g[4]) / n - (float(g[3]) / n) ** 2
+        return {"values_mean": float(g[0]) / n, "returns_mean": float(g[1]) / n,
+                "explained_var": 1.0 - var_e / var_r if var_r > 1e-12 else 0.0,
+                "tokens": n, "samples": float(self.all_reduce(torch.tensor([float(len(samples))]))[0])}

@@ -1,0 +1,203 @@
+"""Clients of the role actors: the driver's only view of Ray.
+
+Each client method starts remote calls and returns a `Pending`; `wait(*pending)` resolves them
+all with one `ray.get`, so stages that can overlap (rewards, reference, critic) do.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rlsys.config import RunConfig
+from rlsys.protocol import Prompt, RolloutGroup, TrainBatch, TrainSample
+
+
+@dataclass
+class Pending:
+    """Object refs of remote calls and how to combine their results."""
+
+    refs: list
+    combine: Callable[[list], Any]
+
+
+def wait(*pending: Optional[Pending]) -> tuple:
+    import ray
+
+    refs = [r for p in pending if p is not None for r in p.refs]
+    values = iter(ray.get(refs))
+    return tuple(None if p is None else p.combine([next(values) for _ in p.refs]) for p in pending)
+
+
+def _concat(parts: list[list]) -> list:
+    return [x for part in parts for x in part]
+
+
+def scoring_samples(groups: list[RolloutGroup]) -> list[TrainSample]:
+    """The sequences of `groups` as TrainSamples, for reference/critic forward passes."""
+    import torch
+
+    out = []
+    for gi, g in enumerate(groups):
+        for r in g.rollouts:
+            ids = torch.tensor(list(r.prompt_token_ids) + list(r.response_token_ids), dtype=torch.long)
+            zeros = torch.zeros(len(r.response_token_ids))
+            out.append(TrainSample(ids, len(r.prompt_token_ids), g.prompt.images, zeros, zeros,
+                                   policy_version=r.policy_version, group_index=gi))
+    return out
+
+
+def _regroup(groups: list[RolloutGroup], flat: list) -> list[list[list[float]]]:
+    out, i = [], 0
+    for g in groups:
+        out.append([flat[i + j].tolist() for j in range(g.size)])
+        i += g.size
+    return out
+
+
+class RolloutPool:
+    """N engines; a call's prompts go to the engines with the fewest outstanding prompts."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+        self.outstanding = [0] * len(actors)
+
+    def generate_async(self, prompts: list[Prompt], sampling) -> Pending:
+        shares = [[] for _ in self.actors]
+        for p in prompts:
+            i = min(range(len(self.actors)), key=lambda k: (self.outstanding[k] + len(shares[k]), k))
+            shares[i].append(p)
+        refs, used = [], []
+        for i, share in enumerate(shares):
+            if share:
+                refs.append(self.actors[i].generate.remote(share, sampling))
+                used.append((i, len(share)))
+                self.outstanding[i] += len(share)
+
+        def combine(parts):
+            for i, n in used:
+                self.outstanding[i] -= n
+            return _concat(parts)
+
+        return Pending(refs, combine)
+
+    def generate(self, prompts: list[Prompt], sampling) -> list[RolloutGroup]:
+        return wait(self.generate_async(prompts, sampling))[0]
+
+
+class RewardClient:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def score_async(self, groups: list[RolloutGroup]) -> Pending:
+        return Pending([self.actor.score.remote(groups)], lambda parts: parts[0])
+
+
+class ReferenceClient:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def logprobs_async(self, groups: list[RolloutGroup]) -> Pending:
+        ref = self.actor.compute_logprobs.remote(scoring_samples(groups))
+        return Pending([ref], lambda parts: _regroup(groups, parts[0]))
+
+
+def _shard(samples: list[TrainSample], ranks: int) -> list[list[TrainSample]]:
+    """Round-robin over samples sorted by length, so every rank gets similar token counts."""
+    order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
+    shards = [[] for _ in range(ranks)]
+    for k, i in enumerate(order):
+        shards[k % ranks].append(samples[i])
+    return shards
+
+
+class LearnerGroup:
+    """DeepSpeed data-parallel ranks; every call goes to all ranks (ZeRO collectives)."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def train_async(self, batch: TrainBatch) -> Pending:
+        shards = _shard(batch.samples, len(self.actors))
+        refs = [a.train_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
+        return Pending(refs, lambda parts: parts[0])
+
+    def call_all(self, make_call) -> list:
+        """`make_call(actor)` -> object ref, on every rank; results in rank order."""
+        import ray
+
+        return ray.get([make_call(a) for a in self.actors])
+
+    def export_hf(self, out_dir: Path) -> None:
+        self.call_all(lambda a: a.export_hf.remote(str(out_dir)))
+
+
+class CriticGroup(LearnerGroup):
+    def values_async(self, groups: list[RolloutGroup]) -> Pending:
+        samples = scoring_samples(groups)
+        refs = [a.compute_values.remote(samples) for a in self.actors]
+        return Pending(refs, lambda parts: _regroup(groups, parts[0]))
+
+
+@dataclass
+class Roles:
+    cfg: RunConfig
+    rollout: RolloutPool
+    reward: RewardClient
+    reference: Optional[ReferenceClient]
+    learner: LearnerGroup
+    critic: Optional[CriticGroup]
+    train_sampling: Any
+    eval_sampling: Any
+    placement_group: Any = None
+    sync_backend: str = "gloo"
+
+    wait = staticmethod(wait)
+
+    def sync_weights(self, version: int) -> float:
+        """Learner -> every engine; returns seconds. Collective: all learner ranks take part."""
+        import ray
+
+        t0 = time.perf_counter()
+        if self.cfg.learner.weight_sync == "collective":
+            refs = [a.sync_weights.remote(version) for a in self.learner.actors]
+            refs += [e.receive_weights.remote() for e in self.rollout.actors]
+            ray.get(refs)
+        else:
+            refs = [a.weight_buckets.remote(self.cfg.learner.sync_bucket_mb) for a in self.learner.actors]
+            buckets = ray.get(refs)[0]
+            for bucket in buckets:
+                ray.get([e.load_weights.remote(bucket, version) for e in self.rollout.actors])
+        return time.perf_counter() - t0
+
+    def peak_memory_mb(self) -> dict[str, float]:
+        import ray
+
+        refs = [e.peak_memory_mb.remote() for e in self.rollout.actors] + [self.reward.actor.peak_memory_mb.remote()]
+        values = ray.get(refs)
+        out = {f"memory/engine{i}_host_mb": v["host_mb"] for i, v in enumerate(values[:-1])}
+        out["memory/reward_host_mb"] = values[-1]["host_mb"]
+        return out
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.learner.call_all(lambda a: a.save_checkpoint.remote(str(path / "learner")))
+        if self.critic is not None:
+            self.critic.call_all(lambda a: a.save_checkpoint.remote(str(path / "critic")))
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.learner.call_all(lambda a: a.load_checkpoint.remote(str(path / "learner")))
+        if self.critic is not None:
+            self.critic.call_all(lambda a: a.load_checkpoint.remote(str(path / "critic")))
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        actors = list(self.rollout.actors) + [self.reward.actor] + list(self.learner.actors)
+        actors += [self.reference.actor] if self.reference else []
+        actors += list(self.critic.actors) if self.critic else []
+        for a in actors:
+            ray.kill(a)
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)

@@ -1,0 +1,89 @@
+"""Metric sinks: console progress, a JSONL file, wandb (offline unless configured), curves.png.
+
+Sinks receive flat {name: number} rows built from typed records at the last moment."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlsys.config import RunConfig, to_dict
+
+
+def flatten(prefix: str, record: Any) -> dict[str, float]:
+    """A dataclass (or dict) of numbers -> {prefix/field: float}; None fields are left out."""
+    import dataclasses
+
+    items = dataclasses.asdict(record).items() if dataclasses.is_dataclass(record) else record.items()
+    out = {}
+    for key, value in items:
+        if value is None or isinstance(value, (str, list, dict)):
+            continue
+        out[f"{prefix}/{key}" if prefix else key] = float(value)
+    return out
+
+
+class MetricsLogger:
+    def __init__(self, cfg: RunConfig, run_dir: Path, total_steps: int):
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.jsonl"
+        self.rows: list[dict[str, float]] = []
+        self._bar = None
+        if cfg.logging.progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr,
+                             dynamic_ncols=True)
+        self._wandb = None
+        if cfg.logging.wandb != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(project=cfg.logging.project, name=run_dir.name, dir=str(run_dir),
+                                     mode=cfg.logging.wandb, config=to_dict(cfg), reinit="finish_previous")
+        self._plot = cfg.logging.plot
+
+    def log(self, step: int, row: dict[str, float]) -> None:
+        row = {"step": step, **row}
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                 for k, v in row.items()}) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3g}" for k in
+                                   ("reward/mean", "reward/accuracy", "time/step") if k in row})
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._plot and self.rows:
+            plot_curves(self.rows, self.run_dir / "curves.png")
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def plot_curves(rows: list[dict[str, float]], out: Path) -> None:
+    """Reward, accuracy (train and held-out) and KL against step, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("reward", ["reward/mean"]), ("accuracy", ["reward/accuracy", "eval/accuracy"]),
+              ("KL to reference / approx KL", ["learner/kl", "learner/approx_kl"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""Prompt rendering, batching and per-token log-probs with multimodal inputs (no Ray).
+
+The learner, the reference and the critic all go through `collate` + `token_logprobs`, and
+they re-run the same image processor on the same stored images as the rollout engine, so the
+vision features and the 3-D (M-RoPE) positions match what vLLM computed while sampling.
+
+Shapes: N sequences, T padded length, R_max longest response, V vocab, H hidden.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from rlsys.protocol import MediaItem, Prompt, TrainSample
+
+# Optional per-token fields of TrainSample that collate pads to [N, R_max] when present.
+_RESPONSE_FIELDS = ("old_logprobs", "advantages", "ref_logprobs", "returns", "values")
+
+
+def _is_image_part(part: Any) -> bool:
+    return isinstance(part, dict) and (part.get("type") in ("image", "image_url") or "image" in part)
+
+
+def count_image_parts(messages: Sequence[dict]) -> int:
+    return sum(_is_image_part(p) for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"])
+
+
+def render_prompt(processor, prompt: Prompt) -> str:
+    """The prompt as text: chat template + generation prompt; one vision block per image part.
+
+    Text-only tokenizers get list contents flattened to a string (their templates may not
+    accept parts). Raises ValueError naming the prompt when image parts and images disagree.
+    """
+    n_parts = count_image_parts(prompt.messages)
+    if n_parts != len(prompt.images):
+        raise ValueError(f"prompt {prompt.uid}: {n_parts} image placeholders in messages but "
+                         f"{len(prompt.images)} images")
+    messages = prompt.messages
+    if getattr(processor, "image_processor", None) is None:
+        if n_parts:
+            raise ValueError(f"prompt {prompt.uid}: has images but the model is text-only")
+        messages = [dict(m, content=m["content"] if isinstance(m["content"], str) else
+                         "".join(p.get("text", "") for p in m["content"])) for m in messages]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text if isinstance(text, str) else text[0]
+
+
+def image_inputs(processor, images: Sequence[MediaItem]) -> dict:
+    """Run the image processor on decoded MediaItems, in order.
+
+    Returns {} for no images, else {"pixel_values": [sum_i patches_i, C*t*p*p] float,
+    "image_grid_thw": [n_images, 3] long}.
+    """
+    if not images:
+        return {}
+    out = processor.image_processor(images=[m.to_pil() for m in images], return_tensors="pt")
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+def prompt_token_ids(processor, prompt: Prompt) -> list[int]:
+    """Prompt ids with image pads expanded, exactly as the engine sees them (for tests and for
+    recomputing old log-probs of offline data)."""
+    text = render_prompt(processor, prompt)
+    if prompt.images:
+        out = processor(text=[text], images=[m.to_pil() for m in prompt.images], return_tensors="pt")
+        return out["input_ids"][0].tolist()
+    tok = getattr(processor, "tokenizer", processor)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def pad_responses(rows: Sequence[Any], length: int, value: float = 0.0):
+    """Right-pad 1-D tensors/lists to [len(rows), length] float32."""
+    import torch
+
+    out = torch.full((len(rows), length), value, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        r = torch.as_tensor(r, dtype=torch.float32)
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dict:
+    """Batch TrainSamples for one forward pass.
+
+    Returns
+      input_ids [N, T] long (right-padded with pad_token_id), attention_mask [N, T] long,
+      response_start [N] long, response_length [N] long, response_mask [N, R_max] float,
+      and, only when some sample has images: pixel_values [sum patches, D],
+      image_grid_thw [n_images, 3] (samples' images concatenated in sample order);
+      mm_token_type_ids [N, T] int (0 text, 1 image, 2 video) for multimodal processors —
+      transformers needs it to build the 3-D M-RoPE positions vLLM uses;
+      plus each of old_logprobs/advantages/ref_logprobs/returns/values padded to [N, R_max]
+      when every sample has it.
+    """
+    import torch
+
+    if not samples:
+        raise ValueError("collate: empty sample list")
+    n = len(samples)
+    lengths = [int(s.input_ids.shape[0]) for s in samples]
+    T = max(lengths)
+    starts = torch.tensor([s.response_start for s in samples], dtype=torch.long)
+    resp_len = torch.tensor([L - s.response_start for L, s in zip(lengths, samples)], dtype=torch.long)
+    if (starts < 1).any() or (resp_len < 0).any():
+        raise ValueError("collate: every sample needs 1 <= response_start <= len(input_ids)")
+    r_max = max(int(resp_len.max()), 1)
+
+    input_ids = torch.full((n, T), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros((n, T), dtype=torch.long)
+    for i, s in enumerate(samples):
+        input_ids[i, : lengths[i]] = torch.as_tensor(s.input_ids, dtype=torch.long)
+        attention_mask[i, : lengths[i]] = 1
+    response_mask = (torch.arange(r_max)[None, :] < resp_len[:, None]).float()
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_start=starts,
+                 response_length=resp_len, response_mask=response_mask)
+
+    image_id = getattr(processor, "image_token_id", None)
+    if image_id is not None:
+        video_id = getattr(processor, "video_token_id", None)
+        mm = (input_ids == image_id).int() * attention_mask.int()
+        if video_id is not None:
+            mm = mm + 2 * (input_ids == video_id).int() * attention_mask.int()
+        batch["mm_token_type_ids"] = mm
+    pixels, grids = [], []
+    for i, s in enumerate(samples):
+        if not s.images:
+            continue
+        if image_id is None:
+            raise ValueError(f"collate: sample {i} has images but the processor is text-only")
+        inp = image_inputs(processor, s.images)
+        merge = processor.image_processor.merge_size ** 2
+        want = int(inp["image_grid_thw"].prod(-1).sum()) // merge
+        have = int((input_ids[i] == image_id).sum())
+        if want != have:
+            raise ValueError(f"collate: sample {i} has {have} image tokens but its "
+                             f"{len(s.images)} image(s) give {want} (resized differently?)")
+        pixels.append(inp["pixel_values"])
+        grids.append(inp["image_grid_thw"])
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels, 0)
+        batch["image_grid_thw"] = torch.cat(grids, 0)
+
+    for name in _RESPONSE_FIELDS:
+        vals = [getattr(s, name) for s in samples]
+        if all(v is not None for v in vals):
+            batch[name] = pad_responses(vals, r_max)
+    return batch
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def _response_positions(batch: dict):
+    """Indices [N, R_max] of the positions whose logits predict each response token
+    (position start-1+j predicts token start+j), clamped inside the sequence for padding."""
+    import torch
+
+    start, mask = batch["response_start"], batch["response_mask"]
+    j = torch.arange(mask.shape[1], device=start.device)
+    pred = (start[:, None] - 1 + j[None, :]).clamp(max=batch["input_ids"].shape[1] - 2)
+    return pred, pred + 1
+
+
+def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+    """Log-prob of every response token under `model` (softmax of logits / temperature).
+
+    Returns (logprobs [N, R_max] float32, entropy [N, R_max] float32 or None,
+    response_mask [N, R_max] float32); padded positions hold 0. Differentiable when grad is
+    enabled (call under torch.no_grad() for the reference / old log-probs).
+
+    Memory: the LM head runs only on positions from the earliest response start on (via
+    `logits_to_keep`), and the float32 log-softmax only on the gathered [N, R_max, V] slice,
+    never a full [N, T, V] float32 copy.
+    """
+    import torch
+
+    dev = next(model.parameters()).device
+    inputs = {k: batch[k].to(dev) for k in MODEL_INPUT_KEYS if k in batch}
+    pred, target_pos = (t.to(dev) for t in _response_positions(batch))
+    mask = batch["response_mask"].to(dev)
+    first = int(pred.min())
+    # logits_to_keep as an index tensor keeps positions first..T-2 (same for every row).
+    keep = torch.arange(first, inputs["input_ids"].shape[1] - 1, device=dev)
+    try:
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [N, K, V]
+    except TypeError:  # a model without `logits_to_keep`: full logits, then the same slice
+        logits = model(**inputs, use_cache=False).logits[:, first:-1]
+    rows = torch.arange(logits.shape[0], device=dev)[:, None]
+    logits = logits[rows, pred - first]  # [N, R_max, V]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = inputs["input_ids"].gather(1, target_pos)  # [N, R_max]
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = (logits.gather(-1, targets[..., None]).squeeze(-1) - lse) * mask
+    entropy: Optional[Any] = None
+    if with_entropy:
+        probs = torch.softmax(logits, dim=-1)
+        entropy = (lse - (probs * logits).sum(-1)) * mask
+    return logp, entropy, mask
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over positions where mask is 1 (helper for metrics)."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)

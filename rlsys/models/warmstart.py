@@ -1,0 +1,257 @@
+"""Cold-start warm start: a short supervised fine-tune on task demonstrations before RL.
+
+A randomly initialised tiny VLM never writes `<think>..</think><answer>..</answer>`, so every
+GRPO group would score the same and carry no signal. A few SFT steps on `demonstration(row)`
+teach the R1 format (and the end-of-turn token, so generation stops) while leaving accuracy
+well below the ceiling, so RL has room to improve it.
+
+Plain torch + transformers (no Ray); deterministic given the seed and the thread count.
+The defaults below come from bench/warmstart_calibration.py, whose numbers are in
+bench/results/warmstart_calibration.md.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from rlsys.data.templates import R1_SYSTEM_PROMPT, build_messages
+from rlsys.protocol import Prompt
+
+# Calibrated on the embedded default (tiny model, count_color, 56 px images, 2048 train rows):
+# see bench/results/warmstart_calibration.md. Format ~100%, held-out greedy accuracy in the
+# 20-50% band, a few tens of seconds on 2 CPU cores.
+DEFAULT_SFT_STEPS = 100
+DEFAULT_SFT_LR = 1e-3
+DEFAULT_SFT_BATCH_SIZE = 16
+DEFAULT_MAX_NEW_TOKENS = 48
+
+PromptSource = Union[str, Path, Sequence[Union[dict, Prompt]]]
+
+
+@dataclass
+class WarmStartResult:
+    """out_dir: the saved HF checkpoint; final_loss: mean response-token loss of the last
+    step; initial_loss: of the first step (before any update); seconds: wall time of training."""
+
+    out_dir: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    initial_loss: float = float("nan")
+
+
+# ---- prompts -----------------------------------------------------------------------------
+
+def as_prompts(source: PromptSource, system_prompt: Optional[str] = R1_SYSTEM_PROMPT) -> list[Prompt]:
+    """Prompts from a dataset file (via `load_prompts`), Prompt objects, or generated rows
+    ({prompt, images: [png bytes], answer, metadata}); the R1 system turn is added as in RL."""
+    from rlsys.data.datasets import load_prompts
+    from rlsys.data.media import to_media_item
+
+    if isinstance(source, (str, Path)):
+        return load_prompts(source, system_prompt=system_prompt).prompts
+    out = []
+    for i, row in enumerate(source):
+        if isinstance(row, Prompt):
+            out.append(row)
+            continue
+        images = [to_media_item(b) for b in row.get("images") or []]
+        out.append(Prompt(uid=str(row.get("id", i)), images=images, answer=row.get("answer"),
+                          messages=build_messages(row["prompt"], len(images), system_prompt),
+                          metadata=dict(row.get("metadata") or {})))
+    return out
+
+
+def _encode_prompt(processor, prompt: Prompt) -> dict[str, torch.Tensor]:
+    """Processor output for the prompt alone (image pads expanded), batch dim removed."""
+    text = processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    images = [im.to_pil() for im in prompt.images] or None
+    enc = processor(text=[text], images=images, return_tensors="pt")
+    return {k: (v[0] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+            for k, v in enc.items()}
+
+
+def encode_example(processor, prompt: Prompt, response: str) -> dict[str, torch.Tensor]:
+    """One SFT example: prompt ids + response ids + end-of-turn, labels -100 on the prompt.
+
+    The response is tokenised separately and appended (not re-tokenised with the prompt), which
+    is exactly how generated tokens follow the prompt at sampling time.
+    """
+    tok = processor.tokenizer
+    enc = _encode_prompt(processor, prompt)
+    resp = tok(response + tok.eos_token, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    p = enc["input_ids"].shape[0]
+    enc["input_ids"] = torch.cat([enc["input_ids"], resp])
+    enc["labels"] = torch.cat([torch.full((p,), -100), resp])
+    enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    if "mm_token_type_ids" in enc:  # response tokens are text (type 0)
+        enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(resp)])
+    return enc
+
+
+def collate(examples: list[dict], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad sequence fields (right for training, left for generation); concatenate the vision
+    fields (Qwen2.5-VL packs all images' patches into one tensor)."""
+    width = max(e["input_ids"].shape[0] for e in examples)
+    pad_values = {"input_ids": pad_id, "labels": -100, "attention_mask": 0, "mm_token_type_ids": 0}
+    batch: dict[str, torch.Tensor] = {}
+    for key, value in pad_values.items():
+        if key not in examples[0]:
+            continue
+        rows = []
+        for e in examples:
+            pad = torch.full((width - e[key].shape[0],), value, dtype=e[key].dtype)
+            rows.append(torch.cat([pad, e[key]] if left else [e[key], pad]))
+        batch[key] = torch.stack(rows)
+    for key in ("pixel_values", "image_grid_thw"):
+        parts = [e[key] for e in examples if key in e]
+        if parts:
+            batch[key] = torch.cat(parts)
+    return batch
+
+
+# ---- training ------------------------------------------------------------------------------
+
+def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def _load(model_dir: Union[str, Path]):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
+    return model, processor
+
+
+def _save(model, processor, model_dir: Path, out_dir: Path, info: dict) -> None:
+    """Same files as the source checkpoint (copied first, so e.g. rlsys_tiny.json and the
+    generation config survive), with the trained weights written over them."""
+    if out_dir.resolve() != model_dir.resolve():
+        shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    processor.tokenizer.save_pretrained(out_dir)
+    (out_dir / "rlsys_warmstart.json").write_text(json.dumps(info, indent=1))
+
+
+def sft_warm_start(
+    model_dir: Union[str, Path],
+    rows_or_parquet: PromptSource,
+    out_dir: Union[str, Path],
+    *,
+    steps: int = DEFAULT_SFT_STEPS,
+    lr: float = DEFAULT_SFT_LR,
+    batch_size: int = DEFAULT_SFT_BATCH_SIZE,
+    seed: int = 0,
+    warmup_steps: int = 5,
+    max_grad_norm: float = 1.0,
+    system_prompt: Optional[str] = R1_SYSTEM_PROMPT,
+    log_every: int = 0,
+) -> WarmStartResult:
+    """Fine-tune `model_dir` on `demonstration(row)` responses and save it to `out_dir`.
+
+    AdamW, linear warm-up then constant lr; batches are drawn without replacement from a
+    seeded permutation (reshuffled each epoch). The loss covers the response tokens and the
+    end-of-turn token only. steps=0 just copies the checkpoint (the "no warm start" baseline).
+    """
+    from rlsys.data.synthetic import demonstration
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    prompts = as_prompts(rows_or_parquet, system_prompt)
+    if not prompts:
+        raise ValueError("sft_warm_start: no prompts to train on")
+    model, processor = _load(model_dir)
+    examples = [encode_example(processor, p, demonstration(p)) for p in prompts]
+    pad_id = processor.tokenizer.pad_token_id
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+        model.train()
+        t0 = time.perf_counter()
+        order: list[int] = []
+        losses: list[float] = []
+        for step in range(steps):
+            if len(order) < batch_size:
+                order += rng.permutation(len(examples)).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            loss = response_loss(model, collate([examples[i] for i in idx], pad_id))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if log_every and (step + 1) % log_every == 0:
+                print(f"sft step {step + 1}/{steps} loss {losses[-1]:.4f}", flush=True)
+        seconds = time.perf_counter() - t0
+    model.eval()
+    result = WarmStartResult(out_dir=out_dir, steps=steps, seconds=seconds,
+                             final_loss=losses[-1] if losses else float("nan"),
+                             initial_loss=losses[0] if losses else float("nan"))
+    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    info.update(lr=lr, batch_size=batch_size, seed=seed, num_rows=len(examples), source=str(model_dir))
+    _save(model, processor, model_dir, out_dir, info)
+    return result
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_responses(model, processor, prompts: Sequence[Prompt], *, max_new_tokens: int,
+                       num_samples: int = 1, temperature: float = 0.0, seed: int = 0,
+                       batch_size: int = 32) -> list[list[str]]:
+    """`num_samples` decoded responses per prompt (temperature 0: greedy), special tokens
+    skipped as the rollout engine does (the R1 tags are ordinary tokens and stay)."""
+    tok = processor.tokenizer
+    sampling = temperature > 0
+    out: list[list[str]] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            encs = [_encode_prompt(processor, p) for p in prompts[start:start + batch_size]]
+            batch = collate(encs, tok.pad_token_id, left=True)
+            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling,
+                                 temperature=temperature if sampling else None, top_p=None,
+                                 top_k=None, num_return_sequences=num_samples,
+                                 pad_token_id=tok.pad_token_id)
+            texts = tok.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
+    return out
+
+
+def score(prompt: Prompt, response: str) -> tuple[float, float]:
+    """(accuracy, r1_format) rewards of one response, by the same verifiers RL uses."""
+    from rlsys.rewards import get_reward
+
+    acc, fmt = get_reward("accuracy"), get_reward("r1_format")
+    return acc(response, prompt.answer, prompt.metadata), fmt(response, prompt.answer, prompt.metadata)
+
+
+def greedy_accuracy(model_dir: Union[str, Path], prompts_or_parquet: PromptSource,
+                    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, limit: Optional[int] = None,
+                    *, system_prompt: Optional[str] = R1_SYSTEM_PROMPT) -> tuple[float, float]:
+    """(accuracy, format_rate) of greedy responses on the first `limit` prompts."""
+    prompts = as_prompts(prompts_or_parquet, system_prompt)[:limit]
+    if not prompts:
+        raise ValueError("greedy_accuracy: no prompts")
+    model, processor = _load(model_dir)
+    model.eval()
+    responses = generate_responses(model, processor, prompts, max_new_tokens=max_new_tokens)
+    scores = np.array([score(p, r[0]) for p, r in zip(prompts, responses)])
+    return float(scores[:, 0].mean()), float(scores[:, 1].mean())

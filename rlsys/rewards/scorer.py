@@ -1,0 +1,262 @@
+"""RewardScorer: weighted reward components, each call bounded and failure-counted.
+
+Three ways a component runs:
+
+- inline:   rlsys built-ins (`r1_format`, `accuracy`). They are pure, linear-time, catch their
+            own errors and bound math-verify with a deadline, so a process hop would only add
+            latency. `isolate_builtins=True` sends them to the worker pool too.
+- isolated: everything else (file / module specs, user-registered names, plain callables) runs
+            in `IsolatedPool` worker processes with `timeout_s` per call; a call that raises,
+            returns a non-finite or non-numeric value, hangs or kills its worker scores 0
+            and counts as a failure. Calls of all isolated components run concurrently.
+- batch:    objects with `score_batch` (`RemoteReward`, URL specs, the "remote" factory) get one
+            batched call per component; they bound and count their own failures.
+
+Combined reward per sample: rewards[i] = sum_k weight_k * score_k[i]; `components` holds each
+score_k before weighting, keyed by component name (the spec unless options give "name").
+"""
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from rlsys.protocol import RewardResult, RolloutGroup
+from rlsys.rewards.equivalence import to_text
+from rlsys.rewards.registry import REWARD_FACTORIES, REWARDS, get_reward, is_trusted, is_url
+from rlsys.rewards.user import IsolatedPool, canonical_spec
+
+logger = logging.getLogger("rlsys.rewards")
+_LOG_FIRST_N = 5  # per component, then every 100th failure, so a broken function can't flood logs
+
+
+@dataclass
+class _Component:
+    name: str
+    weight: float
+    mode: str  # "inline" | "isolated" | "batch"
+    fn: Any  # callable (inline), reward object (batch)
+    target: Optional[tuple] = None  # worker target (isolated)
+    failures: int = 0
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+class RewardScorer:
+    """Scores rollout groups with weighted reward components.
+
+    components: [(spec, weight)] or [(spec, weight, options)]; spec is a reward spec string
+                (see registry.py) or a callable / reward object. options (dict) go to URL specs
+                and factories (token, timeout_s, ...); options["name"] renames the component.
+    timeout_s:  per-call limit for isolated components (and the default for URL specs).
+    max_workers: worker processes for isolated components (started on first use).
+    """
+
+    def __init__(
+        self,
+        components: Sequence[tuple],
+        timeout_s: float = 10.0,
+        max_workers: int = 2,
+        isolate_builtins: bool = False,
+        mp_context: str = "spawn",
+    ) -> None:
+        if not components:
+            raise ValueError("RewardScorer needs at least one (spec, weight) component")
+        self.timeout_s = float(timeout_s)
+        self.isolate_builtins = isolate_builtins
+        self._components = [self._resolve(c) for c in components]
+        names = [c.name for c in self._components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate reward component names {names}; set options['name']")
+        self._pool: Optional[IsolatedPool] = None
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self.calls = 0  # cumulative reward calls (one per sample per component)
+        self.failures = 0  # cumulative failed calls (raised, timed out, bad value, remote error)
+        self.timeouts = 0  # the subset of failures that timed out in a worker
+
+    # ------------------------------------------------------------------ construction
+
+    def _resolve(self, component: tuple) -> _Component:
+        if not isinstance(component, (tuple, list)) or len(component) not in (2, 3):
+            raise ValueError(f"reward component must be (spec, weight[, options]), got {component!r}")
+        spec, weight = component[0], float(component[1])
+        options = dict(component[2]) if len(component) == 3 and component[2] else {}
+        name = options.pop("name", None)
+        if isinstance(spec, str):
+            if is_url(spec) or spec in REWARD_FACTORIES:
+                options.setdefault("timeout_s", self.timeout_s)
+            fn = get_reward(spec, **options)
+            name = name or spec
+        elif callable(spec):
+            fn, name = spec, name or getattr(spec, "__name__", None) or repr(spec)
+        else:
+            raise ValueError(f"reward spec must be a string or callable, got {spec!r}")
+        if hasattr(fn, "score_batch"):
+            return _Component(name, weight, "batch", fn)
+        if isinstance(spec, str) and spec in REWARDS:
+            if is_trusted(spec) and not self.isolate_builtins:
+                return _Component(name, weight, "inline", fn)
+            return self._isolated(name, weight, fn, ("obj", fn))
+        if isinstance(spec, str):  # file or module spec: the worker re-loads it by spec
+            return _Component(name, weight, "isolated", fn, ("spec", canonical_spec(spec)))
+        return self._isolated(name, weight, fn, ("obj", fn))
+
+    @staticmethod
+    def _isolated(name: str, weight: float, fn: Callable, target: tuple) -> _Component:
+        if _picklable(fn):
+            return _Component(name, weight, "isolated", fn, target)
+        # Lambdas/closures cannot reach a worker; run them inline (still exception-safe).
+        logger.warning("reward %s is not picklable; running it inline without a timeout", name)
+        return _Component(name, weight, "inline", fn)
+
+    @property
+    def component_names(self) -> list[str]:
+        return [c.name for c in self._components]
+
+    @property
+    def worker_restarts(self) -> int:
+        return self._pool.restarts if self._pool else 0
+
+    def stats(self) -> dict:
+        """Cumulative counters, e.g. for step logs."""
+        out = {"calls": self.calls, "failures": self.failures, "timeouts": self.timeouts,
+               "worker_restarts": self.worker_restarts}
+        out.update({f"failures/{c.name}": c.failures for c in self._components})
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    def score_group(self, group: RolloutGroup) -> RewardResult:
+        """Score the G rollouts of one group."""
+        return self.score_groups([group])[0]
+
+    def score_groups(self, groups: Sequence[RolloutGroup]) -> list[RewardResult]:
+        """Score many groups in one pass (isolated calls share the pool, remote calls batch)."""
+        responses, answers, metadatas, sizes = [], [], [], []
+        for group in groups:
+            answer = None if group.prompt.answer is None else to_text(group.prompt.answer)
+            metadata = group.prompt.metadata if isinstance(group.prompt.metadata, dict) else {}
+            for rollout in group.rollouts:
+                responses.append(to_text(rollout.response_text))
+                answers.append(answer)
+                metadatas.append(metadata)
+            sizes.append(len(group.rollouts))
+        flat, failed = self._score_flat(responses, answers, metadatas)
+        results, start = [], 0
+        for n in sizes:
+            part = slice(start, start + n)
+            results.append(RewardResult(
+                rewards=flat.rewards[part],
+                components={k: v[part] for k, v in flat.components.items()},
+                failures=sum(failed[part]),
+            ))
+            start += n
+        return results
+
+    def score(self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]) -> RewardResult:
+        """Score aligned lists of samples; returns one RewardResult over all of them."""
+        return self._score_flat(responses, answers, metadatas)[0]
+
+    def _score_flat(self, responses, answers, metadatas) -> tuple[RewardResult, list[int]]:
+        """Score samples; also returns the failed-call count per sample (to split by group)."""
+        n = len(responses)
+        responses = [to_text(r) for r in responses]
+        metadatas = [m if isinstance(m, dict) else {} for m in metadatas]
+        failed = [0] * n
+        scores: dict[str, list[float]] = {}
+        isolated = [c for c in self._components if c.mode == "isolated"]
+        if isolated and n:
+            scores.update(self._run_isolated(isolated, responses, answers, metadatas, failed))
+        for comp in self._components:
+            if comp.mode == "inline":
+                scores[comp.name] = [self._run_inline(comp, r, a, m, i, failed)
+                                     for i, (r, a, m) in enumerate(zip(responses, answers, metadatas))]
+            elif comp.mode == "batch":
+                scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, failed)
+        self.calls += n * len(self._components)
+        components = {c.name: scores[c.name] for c in self._components}
+        rewards = [sum(c.weight * components[c.name][i] for c in self._components) for i in range(n)]
+        return RewardResult(rewards=rewards, components=components, failures=sum(failed)), failed
+
+    def _fail(self, comp: _Component, index: int, failed: list[int], why: str, timeout: bool = False) -> float:
+        comp.failures += 1
+        self.failures += 1
+        self.timeouts += int(timeout)
+        failed[index] += 1
+        if comp.failures <= _LOG_FIRST_N or comp.failures % 100 == 0:
+            logger.warning("reward %s failed (%d so far), scoring 0: %s", comp.name, comp.failures, why)
+        return 0.0
+
+    def _run_inline(self, comp, response, answer, metadata, index, failed) -> float:
+        try:
+            value = float(comp.fn(response, answer, metadata))
+        except Exception as exc:
+            return self._fail(comp, index, failed, f"{type(exc).__name__}: {exc}")
+        if not math.isfinite(value):
+            return self._fail(comp, index, failed, f"non-finite reward {value}")
+        return value
+
+    def _run_batch(self, comp, responses, answers, metadatas, failed) -> list[float]:
+        try:
+            values, failed_mask = comp.fn.score_batch(responses, answers, metadatas)
+            values = [float(v) for v in values]
+            if len(values) != len(responses) or len(failed_mask) != len(responses):
+                raise ValueError(f"{len(values)} rewards for {len(responses)} samples")
+        except Exception as exc:  # a reward object's bug must not crash the run
+            return [self._fail(comp, i, failed, repr(exc)) for i in range(len(responses))]
+        out = []
+        for i, (value, bad) in enumerate(zip(values, failed_mask)):
+            if bad or not math.isfinite(value):
+                # the reward object already logged why; count here without re-logging each item
+                comp.failures += 1
+                self.failures += 1
+                failed[i] += 1
+                value = 0.0
+            out.append(value)
+        return out
+
+    def _run_isolated(self, comps, responses, answers, metadatas, failed) -> dict[str, list[float]]:
+        if self._pool is None:
+            preload = tuple(c.target for c in self._components if c.mode == "isolated")
+            self._pool = IsolatedPool(self._max_workers, self._mp_context, preload=preload)
+        tasks = [(c.target, r, a, m) for c in comps for r, a, m in zip(responses, answers, metadatas)]
+        outcomes = self._pool.run(tasks, self.timeout_s)
+        out, n = {}, len(responses)
+        for k, comp in enumerate(comps):
+            values = []
+            for i, outcome in enumerate(outcomes[k * n : (k + 1) * n]):
+                if outcome.ok:
+                    values.append(outcome.value)
+                else:
+                    values.append(self._fail(comp, i, failed, outcome.error, outcome.timed_out))
+            out[comp.name] = values
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop worker processes (also happens at interpreter exit: workers are daemons)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __del__(self) -> None:  # best effort; workers are daemons and die with us anyway
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RewardScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
