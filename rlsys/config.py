@@ -166,6 +166,8 @@ class AlgorithmConfig:
     policy_loss: str = f("ppo_clip", "Policy loss.", choices=_policy_loss_names)
     clip_low: float = f(0.2, "Lower PPO clip: ratio >= 1 - clip_low.", gt=0.0, le=1.0)
     clip_high: float = f(0.28, "Upper PPO clip: ratio <= 1 + clip_high (clip-higher when > clip_low).", gt=0.0)
+    seq_clip_low: float = f(3e-4, "GSPO: lower clip of the sequence-level ratio.", gt=0.0, le=1.0)
+    seq_clip_high: float = f(4e-4, "GSPO: upper clip of the sequence-level ratio.", gt=0.0)
     dual_clip: Optional[float] = f(None, "Dual-clip constant c > 1 for negative advantages; null disables.", gt=1.0)
     loss_agg: str = f("token_mean", "How per-token losses become one number.", choices=_agg_names)
     norm_length: int = f(48, "Constant divisor of seq_mean_token_sum_norm (Dr.GRPO).", ge=1)
@@ -200,6 +202,8 @@ class ResourcesConfig:
     cpus_reference: float = f(0.5, "CPUs of the reference actor.", gt=0.0)
     gpus_reference: float = f(0.0, "GPUs of the reference actor.", ge=0.0)
     cpus_reward: float = f(0.5, "CPUs of the reward actor.", gt=0.0)
+    nodes: Optional[int] = f(None, "Nodes the recipe is written for; with gpus_per_node, the GPU plan is checked before start.", ge=1)
+    gpus_per_node: Optional[int] = f(None, "GPUs on each node (see `nodes`).", ge=1)
 
 
 @dataclass
@@ -444,10 +448,40 @@ def validate(cfg: RunConfig) -> None:
     if any(g > 0 for g in gpus) and cfg.resources.gpus_per_engine not in (0, cfg.rollout.tensor_parallel_size):
         raise ConfigError(f"resources.gpus_per_engine = {cfg.resources.gpus_per_engine}: must equal "
                           f"rollout.tensor_parallel_size ({cfg.rollout.tensor_parallel_size}) on GPUs")
+    _check_gpu_plan(cfg)
     for i, comp in enumerate(cfg.reward.components):
         problem = _reward_spec_problem(comp.name)
         if problem:
             raise ConfigError(f"reward.components[{i}].name = {comp.name!r}: {problem}")
+
+
+def gpu_plan(cfg: RunConfig) -> list[float]:
+    """GPU request of every actor bundle, in placement order."""
+    r = cfg.resources
+    plan = [r.gpus_per_engine] * cfg.rollout.num_engines + [r.gpus_per_learner] * cfg.learner.num_ranks
+    if cfg.critic.enabled:
+        plan += [r.gpus_per_learner] * cfg.critic.num_ranks
+    if cfg.algorithm.kl_coef > 0:
+        plan.append(r.gpus_reference)
+    return plan
+
+
+def _check_gpu_plan(cfg: RunConfig) -> None:
+    r = cfg.resources
+    if r.nodes is None or r.gpus_per_node is None:
+        return
+    plan = gpu_plan(cfg)
+    if max(plan, default=0) > r.gpus_per_node:
+        raise ConfigError(f"resources.gpus_per_node = {r.gpus_per_node}: one actor asks for {max(plan)} GPUs "
+                          "(a bundle cannot span nodes)")
+    # First-fit on whole nodes: a tensor-parallel engine needs all its GPUs on one node.
+    free = [float(r.gpus_per_node)] * r.nodes
+    for need in sorted(plan, reverse=True):
+        slot = next((i for i, left in enumerate(free) if left >= need - 1e-9), None)
+        if slot is None:
+            raise ConfigError(f"resources.nodes = {r.nodes}: the roles need {sum(plan):g} GPUs "
+                              f"({plan}) but {r.nodes} x {r.gpus_per_node} cannot hold them")
+        free[slot] -= need
 
 
 def _reward_spec_problem(spec: str) -> str | None:

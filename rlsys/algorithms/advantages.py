@@ -74,7 +74,7 @@ def _float_rewards(rewards: Tensor) -> Tensor:
     return rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32))
 
 
-def _check_shapes(inputs: AdvantageInputs) -> torch.Tensor:
+def _check_shapes(inputs: AdvantageInputs) -> Tensor:
     """The response mask as bool [N, R], after checking every input against it."""
     mask = inputs.response_mask
     if mask.dim() != 2:
@@ -178,7 +178,8 @@ def rloo(inputs: AdvantageInputs, params: AdvantageParams) -> AdvantageOutputs:
     mask = _check_shapes(inputs)
     r = _float_rewards(inputs.rewards)
     count, total, _ = _group_stats(r, inputs.group_index)
-    adv = torch.where(count > 1, (count * r - total) / (count - 1).clamp(min=1), torch.zeros_like(r))
+    loo = (count * r - total) / (count - 1).clamp(min=1)
+    adv = torch.where(count > 1, loo, torch.zeros_like(r))
     out = _broadcast(adv, mask)
     return AdvantageOutputs(out, out.clone())
 

@@ -204,15 +204,17 @@ def truncated_is_weights(
     policy loss's `old_logprobs`). Pass the weights as a policy loss's `is_weights`.
     [N, R] -> weights [N, R] (0 where masked), stats.
     """
+    if not cap > 0:
+        raise ValueError(f"importance-weight cap must be > 0, got {cap}")
     if mask is None:
-        mask = torch.ones(proximal_logprobs.shape, dtype=torch.bool, device=proximal_logprobs.device)
+        mask = torch.ones_like(proximal_logprobs, dtype=torch.bool)
     mask = mask.bool()
     dtype = torch.promote_types(proximal_logprobs.dtype, torch.float32)
     prox = torch.where(mask, proximal_logprobs.detach().to(dtype), 0.0)
     behav = torch.where(mask, behaviour_logprobs.detach().to(dtype), 0.0)
     log_ratio = prox - behav
     # min in log space: exp(log cap) never overflows, whatever the ratio.
-    w = torch.where(mask, log_ratio.clamp(-LOG_RATIO_CLAMP, math.log(cap)).exp(), 0.0)
+    w = torch.where(mask, log_ratio.clamp(max=math.log(cap)).exp(), 0.0)
     stats = ISWeightStats(
         clip_frac=_masked_mean((log_ratio > math.log(cap)).float(), mask),
         mean=_masked_mean(w, mask),

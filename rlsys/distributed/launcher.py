@@ -16,7 +16,8 @@ def learner_kwargs(cfg: RunConfig) -> dict:
         "mini_batches_per_step": lr.mini_batches, "dtype": cfg.model.dtype, "seed": cfg.seed,
         "backend": lr.backend, "gradient_checkpointing": lr.gradient_checkpointing,
         "policy_loss": a.policy_loss,
-        "policy_loss_params": {"clip_low": a.clip_low, "clip_high": a.clip_high, "dual_clip": a.dual_clip},
+        "policy_loss_params": {"clip_low": a.clip_low, "clip_high": a.clip_high, "dual_clip": a.dual_clip,
+                               "seq_clip_low": a.seq_clip_low, "seq_clip_high": a.seq_clip_high},
         # KL folded into the reward is not also a loss term.
         "kl_coef": 0.0 if a.kl_in_reward else a.kl_coef, "kl_estimator": a.kl_estimator,
         "entropy_coef": a.entropy_coef, "loss_agg": a.loss_agg, "norm_length": a.norm_length,

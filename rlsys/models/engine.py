@@ -85,6 +85,10 @@ class VLLMEngine:
             **llm_kwargs,
         )
         self.load_seconds = time.perf_counter() - t0
+        from rlsys.models.forward import SUPPRESS_BIAS, suppressed_token_ids
+
+        # Placeholders are never sampled; the learner applies the same bias (forward.py).
+        self.logit_bias = {i: SUPPRESS_BIAS for i in suppressed_token_ids(self.processor)}
         self.policy_version = 0
 
     # ------------------------------------------------------------------ generation
@@ -102,6 +106,7 @@ class VLLMEngine:
         return SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
                               max_tokens=max_tokens, logprobs=0, seed=seed,
                               stop_token_ids=list(stop) if stop else None,
+                              logit_bias=dict(self.logit_bias) or None,
                               skip_special_tokens=True)
 
     def generate_stream(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,

@@ -15,6 +15,19 @@ from rlsys.protocol import MediaItem, Prompt, TrainSample
 # Optional per-token fields of TrainSample that collate pads to [N, R_max] when present.
 _RESPONSE_FIELDS = ("old_logprobs", "advantages", "ref_logprobs", "returns", "values")
 
+# The rollout engine adds this bias to the logits of the image/video placeholder tokens so a
+# policy never *generates* one (a generated <|image_pad|> would be taken for an image slot by
+# transformers and break the learner's forward). token_logprobs adds the same bias, before
+# temperature as vLLM does, so behaviour and learner log-probs stay identical. (vLLM clamps
+# logit_bias to [-100, 100]; e^-100 is zero in practice and, unlike -inf, never yields NaN.)
+SUPPRESS_BIAS = -100.0
+
+
+def suppressed_token_ids(processor) -> list[int]:
+    """Ids never sampled: the image/video placeholders of a multimodal processor, else []."""
+    ids = [getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None)]
+    return sorted({int(i) for i in ids if i is not None})
+
 
 def _is_image_part(part: Any) -> bool:
     return isinstance(part, dict) and (part.get("type") in ("image", "image_url") or "image" in part)
@@ -89,8 +102,14 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
       image_grid_thw [n_images, 3] (samples' images concatenated in sample order);
       mm_token_type_ids [N, T] int (0 text, 1 image, 2 video) for multimodal processors —
       transformers needs it to build the 3-D M-RoPE positions vLLM uses;
+      response_ids [N, R_max] long (the tokens whose log-probs are taken; 0 where padded),
+      suppress_token_ids [k] long (see SUPPRESS_BIAS; empty for text-only processors),
       plus each of old_logprobs/advantages/ref_logprobs/returns/values padded to [N, R_max]
       when every sample has it.
+
+    A placeholder token inside a *response* (only possible when sampling did not suppress
+    it) is fed to the model as pad_token_id, so it is not mistaken for an image slot; its
+    log-prob is still taken for the original id.
     """
     import torch
 
@@ -111,8 +130,17 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
         input_ids[i, : lengths[i]] = torch.as_tensor(s.input_ids, dtype=torch.long)
         attention_mask[i, : lengths[i]] = 1
     response_mask = (torch.arange(r_max)[None, :] < resp_len[:, None]).float()
+    response_ids = torch.zeros((n, r_max), dtype=torch.long)
+    for i, s in enumerate(samples):
+        response_ids[i, : resp_len[i]] = input_ids[i, s.response_start: lengths[i]]
+    suppress = suppressed_token_ids(processor)
+    in_response = torch.arange(T)[None, :] >= starts[:, None]
+    for tid in suppress:
+        input_ids[in_response & (input_ids == tid)] = int(pad_token_id)
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, response_start=starts,
-                 response_length=resp_len, response_mask=response_mask)
+                 response_length=resp_len, response_mask=response_mask,
+                 response_ids=response_ids,
+                 suppress_token_ids=torch.tensor(suppress, dtype=torch.long))
 
     image_id = getattr(processor, "image_token_id", None)
     if image_id is not None:
@@ -130,7 +158,7 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
         inp = image_inputs(processor, s.images)
         merge = processor.image_processor.merge_size ** 2
         want = int(inp["image_grid_thw"].prod(-1).sum()) // merge
-        have = int((input_ids[i] == image_id).sum())
+        have = int((input_ids[i, : s.response_start] == image_id).sum())
         if want != have:
             raise ValueError(f"collate: sample {i} has {have} image tokens but its "
                              f"{len(s.images)} image(s) give {want} (resized differently?)")
@@ -150,15 +178,14 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
-def _response_positions(batch: dict):
+def _predicting_positions(batch: dict):
     """Indices [N, R_max] of the positions whose logits predict each response token
     (position start-1+j predicts token start+j), clamped inside the sequence for padding."""
     import torch
 
     start, mask = batch["response_start"], batch["response_mask"]
     j = torch.arange(mask.shape[1], device=start.device)
-    pred = (start[:, None] - 1 + j[None, :]).clamp(max=batch["input_ids"].shape[1] - 2)
-    return pred, pred + 1
+    return (start[:, None] - 1 + j[None, :]).clamp(max=batch["input_ids"].shape[1] - 2)
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
@@ -168,6 +195,7 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
     response_mask [N, R_max] float32); padded positions hold 0. Differentiable when grad is
     enabled (call under torch.no_grad() for the reference / old log-probs).
 
+    The suppressed placeholder tokens get the engine's logit bias (see SUPPRESS_BIAS).
     Memory: the LM head runs only on positions from the earliest response start on (via
     `logits_to_keep`), and the float32 log-softmax only on the gathered [N, R_max, V] slice,
     never a full [N, T, V] float32 copy.
@@ -176,7 +204,7 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
 
     dev = next(model.parameters()).device
     inputs = {k: batch[k].to(dev) for k in MODEL_INPUT_KEYS if k in batch}
-    pred, target_pos = (t.to(dev) for t in _response_positions(batch))
+    pred = _predicting_positions(batch).to(dev)
     mask = batch["response_mask"].to(dev)
     first = int(pred.min())
     # logits_to_keep as an index tensor keeps positions first..T-2 (same for every row).
@@ -188,9 +216,14 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
     rows = torch.arange(logits.shape[0], device=dev)[:, None]
     logits = logits[rows, pred - first]  # [N, R_max, V]
     logits = logits.float()
+    suppress = batch.get("suppress_token_ids")
+    if suppress is not None and suppress.numel():
+        bias = torch.zeros(logits.shape[-1], device=dev)
+        bias[suppress.to(dev)] = SUPPRESS_BIAS
+        logits = logits + bias
     if temperature != 1.0:
         logits = logits / temperature
-    targets = inputs["input_ids"].gather(1, target_pos)  # [N, R_max]
+    targets = batch["response_ids"].to(dev)  # [N, R_max]
     lse = torch.logsumexp(logits, dim=-1)
     logp = (logits.gather(-1, targets[..., None]).squeeze(-1) - lse) * mask
     entropy: Optional[Any] = None

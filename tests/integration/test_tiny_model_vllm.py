@@ -93,7 +93,7 @@ def _max_logprob_diff(model, processor, groups, temperature):
 def test_prompt_ids_and_greedy_tokens_match(engine, hf):
     import torch
 
-    from rlsys.models.forward import prompt_token_ids, render_prompt
+    from rlsys.models.forward import prompt_token_ids, render_prompt, suppressed_token_ids
 
     model, processor = hf
     prompts = _prompts()
@@ -110,7 +110,8 @@ def test_prompt_ids_and_greedy_tokens_match(engine, hf):
         else:
             inputs = processor(text=[text], return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+            out = model.generate(**inputs, max_new_tokens=12, do_sample=False,
+                                 suppress_tokens=suppressed_token_ids(processor))
         hf_tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
         assert hf_tokens == r.response_token_ids, (p.uid, hf_tokens, r.response_token_ids)
         assert r.finish_reason in ("stop", "length") and r.policy_version == 0

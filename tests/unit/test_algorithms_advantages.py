@@ -165,7 +165,8 @@ PARAM_SETS = {
     "grpo": [AdvantageParams(norm_by_std=True), AdvantageParams(norm_by_std=False)],
     "rloo": [AdvantageParams()],
     "reinforce_pp": [AdvantageParams(gamma=0.9), AdvantageParams(gamma=1.0, whiten=False)],
-    "gae": [AdvantageParams(gamma=0.95, lam=0.9), AdvantageParams(gamma=1.0, lam=1.0, whiten=False)],
+    "gae": [AdvantageParams(gamma=0.95, lam=0.9),
+            AdvantageParams(gamma=1.0, lam=1.0, whiten=False)],
 }
 
 

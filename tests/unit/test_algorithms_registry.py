@@ -21,7 +21,8 @@ def test_registered_names():
     assert A.ADVANTAGE_NAMES == ("gae", "grpo", "reinforce_pp", "rloo")
     assert A.POLICY_LOSS_NAMES == ("gspo", "ppo_clip")
     assert A.KL_ESTIMATOR_NAMES == ("k1", "k2", "k3")
-    assert A.LOSS_AGGREGATION_NAMES == ("seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
+    assert A.LOSS_AGGREGATION_NAMES == (
+        "seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean")
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))

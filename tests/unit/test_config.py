@@ -96,3 +96,25 @@ def test_library_imports_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_cluster_recipes_fit_their_nodes():
+    from rlsys.config import gpu_plan
+
+    recipes = sorted(ROOT.glob("configs/cluster/*.yaml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg.model.path.startswith("Qwen/Qwen2.5-VL-")
+        assert cfg.learner.backend == "nccl" and cfg.resources.address == "auto"
+        assert cfg.resources.gpus_per_engine == cfg.rollout.tensor_parallel_size
+        assert sum(gpu_plan(cfg)) <= cfg.resources.nodes * cfg.resources.gpus_per_node
+
+
+def test_gpu_plan_that_does_not_fit_is_rejected():
+    path = ROOT / "configs/cluster/qwen2_5_vl_3b_grpo.yaml"
+    with pytest.raises(ConfigError, match=r"resources.nodes = 1: the roles need 16 GPUs"):
+        load_config(path, ["resources.nodes=1"])
+    with pytest.raises(ConfigError, match=r"resources.gpus_per_node = 1: one actor asks for 2"):
+        load_config(path, ["resources.gpus_per_node=1", "rollout.tensor_parallel_size=2",
+                           "resources.gpus_per_engine=2"])
