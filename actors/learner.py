@@ -5,7 +5,7 @@ it on all ranks at once (each with its own shard) and gets the results together.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from actors import free_port, init_torch_distributed, node_ip
 
@@ -28,9 +28,9 @@ class LearnerActor:
     def ready(self) -> dict:
         return {"rank": self.learner.rank, "world": self.learner.world}
 
-    def train_step(self, batch) -> dict:
-        """TrainBatch (this rank's shard) -> LearnerMetrics as a dict (same on all ranks)."""
-        return self.learner.train_step(batch).as_dict()
+    def train_step(self, batch):
+        """TrainBatch (this rank's shard) -> LearnerMetrics (same on all ranks)."""
+        return self.learner.train_step(batch)
 
     def compute_logprobs(self, samples) -> list:
         return self.learner.compute_logprobs(samples)
@@ -82,7 +82,3 @@ class LearnerActor:
         from rlsys.distributed.weight_sync import tensors_digest
 
         return tensors_digest(self.learner.named_parameters_for_sync())
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Escape hatch for tests and tools: any PolicyLearner method by name."""
-        return getattr(self.learner, method)(*args, **kwargs)

@@ -102,10 +102,13 @@ class ValueLearner(DeepSpeedTrainerBase):
     def compute_values(self, samples: list[TrainSample]) -> list[torch.Tensor]:
         """-> list of [R_i] float32 CPU value estimates. Collective under ZeRO-3."""
         out: list[torch.Tensor] = []
+        was_training = self.engine.training
+        self.engine.eval()
         for mb, real in self.plan_micro_batches(samples, 1)[0]:
             v, _ = self._forward(mb)
             if real:
                 out += [v[i, : s.response_length].cpu() for i, s in enumerate(mb)]
+        self.engine.train(was_training)
         return out
 
     def train_step(self, batch: TrainBatch) -> CriticMetrics:
@@ -120,6 +123,7 @@ class ValueLearner(DeepSpeedTrainerBase):
         before = self.compute_values(samples)
         self._old = {id(s): (s.values if s.values is not None else v) for s, v in zip(samples, before)}
         m = CriticMetrics(**self._value_stats(before, samples))
+        m.lr = self.set_lr_for_step()
         loss_sum = clip_sum = 0.0
         norms = []
         for _ in range(self.ppo_epochs):
@@ -140,7 +144,6 @@ class ValueLearner(DeepSpeedTrainerBase):
         n = max(m.optimizer_steps, 1)
         m.value_loss, m.value_clip_frac = loss_sum / n, clip_sum / n
         m.grad_norm = sum(norms) / len(norms) if norms else 0.0
-        m.lr = self.current_lr()
         self.train_steps += 1
         m.time_s, m.peak_mem_mb = time.perf_counter() - t0, self.peak_mem_mb()
         return m

@@ -9,8 +9,10 @@ Shapes: N sequences in a micro-batch, R_max the longest response, R_i one sample
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
@@ -20,6 +22,8 @@ from rlsys.algorithms.kl import KL_ESTIMATORS
 from rlsys.algorithms.losses import (LOSS_AGGREGATIONS, POLICY_LOSSES, AggregationParams,
                                      PolicyLossParams, truncated_is_weights)
 from rlsys.protocol import TrainBatch, TrainSample
+
+log = logging.getLogger(__name__)
 
 
 def pad_to(rows: list, width: int, value: float = 0.0) -> torch.Tensor:
@@ -31,14 +35,13 @@ def pad_to(rows: list, width: int, value: float = 0.0) -> torch.Tensor:
     return out
 
 
-def lr_lambda(schedule: str, warmup: int, total: int, per_step: int, min_ratio: float = 0.0):
-    """LR multiplier as a function of optimizer steps; warmup/total count train steps
-    (each is `per_step` = epochs x mini-batches optimizer steps)."""
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0):
+    """LR multiplier as a function of the train step (warmup/total count train steps).
+    Warm-up is linear from 1/(warmup+1); decay reaches min_ratio at `total`."""
     if schedule not in ("constant", "cosine", "linear"):
         raise ValueError(f"lr_schedule must be constant|cosine|linear, got {schedule!r}")
 
-    def fn(opt_step: int) -> float:
-        s = opt_step // max(per_step, 1)
+    def fn(s: int) -> float:
         if s < warmup:
             return (s + 1) / (warmup + 1)
         if schedule == "constant":
@@ -70,11 +73,12 @@ class DeepSpeedTrainerBase:
         self.mini_batches_per_step = mini_batches_per_step
         self.torch_dtype = _torch_dtype(dtype)
         self.backend = ("nccl" if torch.cuda.is_available() else "gloo") if backend == "auto" else backend
-        self._sched = lr_lambda(lr_schedule, warmup_steps, total_steps,
-                                ppo_epochs * mini_batches_per_step, min_lr_ratio)
+        self._sched = lr_lambda(lr_schedule, warmup_steps, total_steps, min_lr_ratio)
         self.expected_samples_per_step = expected_samples_per_step
         self.train_steps = 0
         torch.manual_seed(seed)
+        # DeepSpeed calls torch's deprecated *_tensor collectives: one FutureWarning per call.
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated")
         if not dist.is_initialized():
             import deepspeed
 
@@ -82,14 +86,6 @@ class DeepSpeedTrainerBase:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.comm_device = (torch.device("cuda", torch.cuda.current_device())
                             if self.backend == "nccl" else torch.device("cpu"))
-
-    def model_init_context(self):
-        """Where the model is built. Plain: each rank loads the full weights, and ZeRO-3
-        partitions them in deepspeed.initialize (zero.Init needs HfDeepSpeedConfig, which
-        needs accelerate; not worth it at the sizes this repo trains on CPU)."""
-        import contextlib
-
-        return contextlib.nullcontext()
 
     def ds_config(self) -> dict:
         """The DeepSpeed config. Gradient accumulation is unmanaged (we call step() once per
@@ -108,7 +104,9 @@ class DeepSpeedTrainerBase:
                                   "contiguous_gradients": True},
             # check_grad_overflow: drop a step whose gradient norm is NaN/inf (NaN-loss skip).
             "bf16": {"enabled": bf16, "check_grad_overflow": True},
-            "fp16": {"enabled": False},
+            # fp16 (GPU): dynamic loss scaling; an overflow skips the step like a NaN does.
+            "fp16": {"enabled": self.torch_dtype == torch.float16, "loss_scale": 0,
+                     "initial_scale_power": 16},
             # torch_adam: DeepSpeed's fused Adam is a CUDA JIT build; torch's AdamW works on
             # both CPU and GPU without a compiler.
             "optimizer": {"type": "AdamW", "params": {"lr": self.lr, "betas": [0.9, 0.999],
@@ -119,7 +117,6 @@ class DeepSpeedTrainerBase:
 
     def _init_engine(self, module: torch.nn.Module) -> None:
         import deepspeed
-        from torch.optim.lr_scheduler import LambdaLR
 
         # No weight decay on biases and norm weights (1-D tensors), as is standard.
         decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
@@ -128,7 +125,16 @@ class DeepSpeedTrainerBase:
                   {"params": no_decay, "weight_decay": 0.0}]
         self.engine, *_ = deepspeed.initialize(
             model=module, model_parameters=[g for g in groups if g["params"]],
-            config=self.ds_config(), lr_scheduler=lambda opt: LambdaLR(opt, self._sched))
+            config=self.ds_config())
+        self.set_lr_for_step()
+
+    def set_lr_for_step(self) -> float:
+        """Set the LR from the train-step counter (no DeepSpeed scheduler): constant within a
+        train step, unaffected by skipped optimizer steps, and restored with the counter."""
+        lr = self.lr * self._sched(self.train_steps)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     # ------------------------------------------------------------ collectives / planning
 
@@ -193,9 +199,6 @@ class DeepSpeedTrainerBase:
         norm = self.engine.get_global_grad_norm()
         return applied, float(norm) if norm is not None else float("nan")
 
-    def current_lr(self) -> float:
-        return float(self.engine.get_lr()[0])
-
     def peak_mem_mb(self) -> float:
         if torch.cuda.is_available() and self.backend == "nccl":
             return torch.cuda.max_memory_allocated() / 2**20
@@ -226,16 +229,18 @@ class DeepSpeedTrainerBase:
                 chunk, size = [], 0
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
-        """DeepSpeed state (weights, optimizer, scheduler) + our counters; all ranks call."""
+        """DeepSpeed state (weights, optimizer) + the train-step counter (which sets the LR)
+        and RNG; all ranks call."""
         self.engine.save_checkpoint(ckpt_dir, tag="learner", client_state={
             "train_steps": self.train_steps, "torch_rng": torch.get_rng_state()})
 
     def load_checkpoint(self, ckpt_dir: str) -> None:
         path, client = self.engine.load_checkpoint(ckpt_dir, tag="learner", load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+                                                   load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir!r}")
         self.train_steps = int(client.get("train_steps", 0))
+        self.set_lr_for_step()
         if "torch_rng" in client:
             torch.set_rng_state(client["torch_rng"])
 
@@ -244,9 +249,9 @@ def _torch_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32}
+             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"dtype must be bfloat16 or float32, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
     return table[dtype]
 
 
@@ -315,8 +320,10 @@ class PolicyLearner(DeepSpeedTrainerBase):
         self.temperature = temperature
 
         self.processor = load_processor(self.model_path)
-        with self.model_init_context():
-            model = load_policy(self.model_path, self.torch_dtype)
+        # Every rank loads the full weights; ZeRO-3 partitions them in deepspeed.initialize.
+        # (Loading pre-partitioned via zero.Init needs transformers' HfDeepSpeedConfig, which
+        # needs accelerate: a follow-up for models that do not fit one host's memory.)
+        model = load_policy(self.model_path, self.torch_dtype)
         if gradient_checkpointing:
             # Non-reentrant: works with ZeRO-3 hooks and with inputs that need no grad.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -341,10 +348,13 @@ class PolicyLearner(DeepSpeedTrainerBase):
         """Per-token log-probs of each sample's response under the current weights, no grad.
         -> list of [R_i] float32 CPU tensors. Collective under ZeRO-3 (see module doc)."""
         out: list[torch.Tensor] = []
+        was_training = self.engine.training
+        self.engine.eval()  # deterministic (dropout off), as the engine and the reference are
         for mb, real in self.plan_micro_batches(samples, 1)[0]:
             lp, _, _ = self._forward(mb, with_entropy=False)
             if real:
                 out += [lp[i, : s.response_length].float().cpu() for i, s in enumerate(mb)]
+        self.engine.train(was_training)
         return out
 
     # ------------------------------------------------------------------ training
@@ -362,6 +372,7 @@ class PolicyLearner(DeepSpeedTrainerBase):
         # The proximal ("old") policy and the mismatch report, before any optimizer step.
         prox = self.compute_logprobs(samples)
         m = LearnerMetrics(**self._mismatch(prox, samples))
+        m.lr = self.set_lr_for_step()
         self._prox = {id(s): p for s, p in zip(samples, prox)}  # read by _micro_step
 
         sums: dict[str, float] = {}
@@ -382,13 +393,15 @@ class PolicyLearner(DeepSpeedTrainerBase):
                 m.skipped += 0 if applied else 1
                 if applied:
                     grad_norms.append(norm)
+                elif self.rank == 0:
+                    log.warning("train step %d: non-finite loss/gradient, optimizer step skipped",
+                                self.train_steps)
         self._prox = {}
         for k, v in sums.items():
             setattr(m, k, v / max(m.optimizer_steps, 1))
-        tot = self.global_counts(samples)
-        m.tokens, m.samples = float(tot[0]), float(self.all_reduce(torch.tensor([len(samples)], dtype=torch.float64))[0])
+        m.tokens = self.global_counts(samples)[0]
+        m.samples = float(self.all_reduce(torch.tensor([float(len(samples))]))[0])
         m.grad_norm = float(sum(grad_norms) / len(grad_norms)) if grad_norms else 0.0
-        m.lr = self.current_lr()
         self.train_steps += 1
         m.time_s = time.perf_counter() - t0
         m.peak_mem_mb = self.peak_mem_mb()

@@ -4,7 +4,8 @@
   sampled token's log-prob (behaviour log-probs) and the prompt ids exactly as vLLM saw them.
 - `update_weights`: in-place reload from (HF checkpoint name, tensor) pairs, e.g. straight
   from the learner's `model.named_parameters()`, through a worker extension class with named
-  methods (no pickled callables, so no VLLM_ALLOW_INSECURE_SERIALIZATION).
+  methods (no pickled callables, so no VLLM_ALLOW_INSECURE_SERIALIZATION). Bucketed updates
+  are staged until complete, then reloaded at once (a partial fused layer would be garbage).
 
 On CPU run it in-process: VLLM_ENABLE_V1_MULTIPROCESSING=0 (the constructor sets it unless
 the caller already chose), VLLM_CPU_KVCACHE_SPACE=<GiB> (from `kv_cache_space_gib`).
@@ -48,6 +49,55 @@ class WeightReloadExtension:
 _EXTENSION = f"{__name__}.WeightReloadExtension"
 
 
+# transformers >= 4.52 names VLM parameters model.language_model.* / model.visual.*, but saves
+# (and older checkpoints hold) the legacy model.* / visual.* names; vLLM accepts both. Names
+# are compared in the legacy form.
+_CANONICAL_PREFIXES = (
+    ("model.language_model.", "model."), ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."), ("model.visual.", "visual."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+
+
+def canonical_name(name: str) -> str:
+    for old, new in _CANONICAL_PREFIXES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def checkpoint_tensor_names(model_path: str) -> Optional[set]:
+    """Tensor names stored in a checkpoint's safetensors files (headers only), or None when
+    they cannot be read (not a local dir / not cached, or not safetensors)."""
+    import glob
+    import json
+
+    path = model_path
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(model_path, local_files_only=True,
+                                     allow_patterns=["*.safetensors", "*.json"])
+        except Exception:
+            return None
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return {canonical_name(n) for n in json.load(f)["weight_map"]}
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    names: set = set()
+    for fn in files:
+        with safe_open(fn, framework="pt") as f:
+            names.update(canonical_name(n) for n in f.keys())
+    return names
+
+
 class VLLMEngine:
     """One vLLM engine (possibly tensor-parallel) that turns Prompts into RolloutGroups."""
 
@@ -75,7 +125,8 @@ class VLLMEngine:
         self.processor = load_processor(self.model_path, trust_remote_code=trust_remote_code)
         self.multimodal = getattr(self.processor, "image_processor", None) is not None
         if self.multimodal:
-            llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt})
+            # No videos: skips profiling/allocating for them.
+            llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt, "video": 0})
         t0 = time.perf_counter()
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -90,6 +141,9 @@ class VLLMEngine:
         # Placeholders are never sampled; the learner applies the same bias (forward.py).
         self.logit_bias = {i: SUPPRESS_BIAS for i in suppressed_token_ids(self.processor)}
         self.policy_version = 0
+        self._last_index = -1  # prompt index of the group generate_stream yielded last
+        self._staged: list = []  # (name, tensor) of a weight update still in progress
+        self._expected = checkpoint_tensor_names(self.model_path)
 
     # ------------------------------------------------------------------ generation
     def _engine_input(self, prompt: Prompt) -> dict:
@@ -140,16 +194,21 @@ class VLLMEngine:
                     idx = by_id.get(str(out.request_id))
                     if idx is None:  # not ours (someone else's request): ignore
                         continue
+                    self._last_index = idx
                     yield self._to_group(prompts[idx], out, version)
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_tokens: int = 256, policy_version: Optional[int] = None,
                  **kwargs) -> list[RolloutGroup]:
         """All groups, in prompt order (see generate_stream for the arguments)."""
-        order = {id(p): i for i, p in enumerate(prompts)}
-        groups = list(self.generate_stream(prompts, n, temperature, top_p, max_tokens,
-                                           policy_version, **kwargs))
-        return sorted(groups, key=lambda g: order[id(g.prompt)])
+        slots: list[Optional[RolloutGroup]] = [None] * len(prompts)
+        for group in self.generate_stream(prompts, n, temperature, top_p, max_tokens,
+                                          policy_version, **kwargs):
+            slots[self._last_index] = group
+        missing = [p.uid for p, g in zip(prompts, slots) if g is None]
+        if missing:
+            raise RuntimeError(f"vLLM returned no output for prompts {missing}")
+        return slots  # type: ignore[return-value]
 
     def _to_group(self, prompt: Prompt, out, version: int) -> RolloutGroup:
         prompt_ids = list(out.prompt_token_ids)
@@ -170,22 +229,61 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ weights
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]],
-                       policy_version: Optional[int] = None) -> float:
-        """Reload weights in place from HF-named tensors (all of a fused layer's parts in one
-        call); bumps `policy_version` (or sets it). Returns seconds taken.
+                       policy_version: Optional[int] = None,
+                       finalize: Optional[bool] = None) -> float:
+        """Reload weights in place from HF-named (name, tensor) pairs; returns seconds taken.
 
-        Tensors are cast to the engine's dtype by vLLM's loaders; keep them on CPU for the
-        CPU engine. The prefix cache is reset so no KV computed with old weights is reused.
+        Bucketed updates are safe: vLLM fuses q/k/v and gate/up into one tensor, and a fused
+        layer that gets only some of its parts in a reload is filled with garbage. So tensors
+        are staged until the update is complete and then reloaded in one call:
+          finalize=None (default): reload as soon as the staged names cover every tensor name
+            of the checkpoint (a full `named_parameters()` in one call reloads at once; N
+            buckets reload with the last one). If the checkpoint's names are unknown (hub id
+            not in the local cache), every call reloads.
+          finalize=True: reload whatever is staged now (deliberately partial updates: give
+            whole layers). finalize=False: stage only.
+        A name sent twice before the reload means the previous update never completed: error.
+        `policy_version` (or +1) applies when the reload happens. Tensors are cast to the
+        engine's dtype by vLLM's loaders (CPU tensors for a CPU engine). Encoder, multimodal
+        and prefix caches are reset afterwards (see `_invalidate_caches`), so call this
+        between generate calls, never during one.
         """
         t0 = time.perf_counter()
-        tensors = [(n, t.detach()) for n, t in named_tensors]
+        new = [(n, t.detach()) for n, t in named_tensors]
+        staged = {canonical_name(n) for n, _ in self._staged}
+        again = staged.intersection(canonical_name(n) for n, _ in new)
+        if again:
+            missing = sorted((self._expected or set()) - staged)[:5]
+            self._staged = []
+            raise RuntimeError(f"weight update: {sorted(again)[:3]} sent twice before the update "
+                               f"was complete (still missing e.g. {missing}); staging dropped")
+        self._staged.extend(new)
+        staged.update(canonical_name(n) for n, _ in new)
+        complete = self._expected is None or self._expected <= staged
+        if finalize is False or (finalize is None and not complete):
+            return time.perf_counter() - t0
+        tensors, self._staged = self._staged, []
         self.llm.collective_rpc("rlsys_reload_weights", args=(tensors,))
-        try:
-            self.llm.reset_prefix_cache()
-        except Exception:  # prefix caching off: nothing to reset
-            pass
+        self._invalidate_caches()
         self.policy_version = self.policy_version + 1 if policy_version is None else int(policy_version)
         return time.perf_counter() - t0
+
+    @property
+    def staged_weight_count(self) -> int:
+        """Tensors received but not yet reloaded (an update in progress)."""
+        return len(self._staged)
+
+    def _invalidate_caches(self) -> None:
+        """Drop everything computed with the old weights. The worker's reload clears its own
+        encoder cache, but the scheduler still believes the vision embeddings of images it
+        has seen are cached ("Encoder cache miss" on the next request with that image), and
+        prefix-cached KV blocks would silently reuse old-weight keys/values. The multimodal
+        processor caches (frontend sender / worker receiver) are reset together so they stay
+        in sync. Call only with no request in flight."""
+        engine = self.llm.llm_engine
+        engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+        self.llm.reset_prefix_cache()
 
     def weight_checksum(self) -> float:
         return float(self.llm.collective_rpc("rlsys_weight_checksum")[0])

@@ -11,10 +11,12 @@ bench/results/warmstart_calibration.md.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -23,6 +25,8 @@ import torch
 
 from rlsys.data.templates import R1_SYSTEM_PROMPT, build_messages
 from rlsys.protocol import Prompt
+
+logger = logging.getLogger(__name__)
 
 # Calibrated on the embedded default (tiny model, count_color, 56 px images, 2048 train rows):
 # see bench/results/warmstart_calibration.md. Format ~100%, held-out greedy accuracy in the
@@ -70,8 +74,11 @@ def as_prompts(source: PromptSource, system_prompt: Optional[str] = R1_SYSTEM_PR
 
 
 def _encode_prompt(processor, prompt: Prompt) -> dict[str, torch.Tensor]:
-    """Processor output for the prompt alone (image pads expanded), batch dim removed."""
-    text = processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False)
+    """Processor output for the prompt alone (image pads expanded), batch dim removed.
+    Rendered by `forward.render_prompt`, the one the rollout engine and learner use."""
+    from rlsys.models.forward import render_prompt
+
+    text = render_prompt(processor, prompt)
     images = [im.to_pil() for im in prompt.images] or None
     enc = processor(text=[text], images=images, return_tensors="pt")
     return {k: (v[0] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
@@ -117,6 +124,20 @@ def collate(examples: list[dict], pad_id: int, left: bool = False) -> dict[str, 
     return batch
 
 
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """Temporarily use n intra-op threads (None: leave torch's setting). The tiny model's
+    matrices are too small to gain from threads, and on a busy machine extra threads mostly
+    spin: 1 thread was ~10x faster than 2 on the shared 2-core calibration machine."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 # ---- training ------------------------------------------------------------------------------
 
 def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -129,11 +150,9 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _load(model_dir: Union[str, Path]):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from rlsys.models.loading import load_policy, load_processor
 
-    processor = AutoProcessor.from_pretrained(str(model_dir))
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
-    return model, processor
+    return load_policy(model_dir, "float32"), load_processor(model_dir)
 
 
 def _save(model, processor, model_dir: Path, out_dir: Path, info: dict) -> None:
@@ -145,6 +164,35 @@ def _save(model, processor, model_dir: Path, out_dir: Path, info: dict) -> None:
     processor.save_pretrained(out_dir)
     processor.tokenizer.save_pretrained(out_dir)
     (out_dir / "rlsys_warmstart.json").write_text(json.dumps(info, indent=1))
+
+
+def _train(model, examples: list[dict], pad_id: int, *, steps: int, lr: float, batch_size: int,
+           seed: int, warmup_steps: int, max_grad_norm: float, log_every: int) -> list[float]:
+    """AdamW, linear warm-up then constant lr (so a run of N steps is the prefix of a longer
+    run, which keeps the calibration's step sweep honest). Batches are drawn without
+    replacement from a seeded permutation, reshuffled each epoch. -> per-step losses."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+    model.train()
+    order: list[int] = []
+    losses: list[float] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += rng.permutation(len(examples)).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        loss = response_loss(model, collate([examples[i] for i in idx], pad_id))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            logger.info("warm start step %d/%d loss %.4f", step + 1, steps, losses[-1])
+    model.eval()
+    return losses
 
 
 def sft_warm_start(
@@ -159,55 +207,37 @@ def sft_warm_start(
     warmup_steps: int = 5,
     max_grad_norm: float = 1.0,
     system_prompt: Optional[str] = R1_SYSTEM_PROMPT,
+    num_threads: Optional[int] = 1,
     log_every: int = 0,
 ) -> WarmStartResult:
     """Fine-tune `model_dir` on `demonstration(row)` responses and save it to `out_dir`.
 
-    AdamW, linear warm-up then constant lr; batches are drawn without replacement from a
-    seeded permutation (reshuffled each epoch). The loss covers the response tokens and the
-    end-of-turn token only. steps=0 just copies the checkpoint (the "no warm start" baseline).
+    rows_or_parquet: synthetic rows (dicts), Prompts, or a dataset file (e.g. train.parquet);
+    they need the synthetic metadata `demonstration` derives the response from. The loss
+    covers the response tokens and the end-of-turn token only. steps=0 just copies the
+    checkpoint (the "no warm start" baseline). seconds in the result is the whole call
+    (load, encode, train, save). num_threads: see `_threads` (None keeps torch's setting).
     """
     from rlsys.data.synthetic import demonstration
 
+    t0 = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     prompts = as_prompts(rows_or_parquet, system_prompt)
     if not prompts:
         raise ValueError("sft_warm_start: no prompts to train on")
-    model, processor = _load(model_dir)
-    examples = [encode_example(processor, p, demonstration(p)) for p in prompts]
-    pad_id = processor.tokenizer.pad_token_id
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
-        model.train()
-        t0 = time.perf_counter()
-        order: list[int] = []
-        losses: list[float] = []
-        for step in range(steps):
-            if len(order) < batch_size:
-                order += rng.permutation(len(examples)).tolist()
-            idx, order = order[:batch_size], order[batch_size:]
-            loss = response_loss(model, collate([examples[i] for i in idx], pad_id))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(float(loss))
-            if log_every and (step + 1) % log_every == 0:
-                print(f"sft step {step + 1}/{steps} loss {losses[-1]:.4f}", flush=True)
-        seconds = time.perf_counter() - t0
-    model.eval()
-    result = WarmStartResult(out_dir=out_dir, steps=steps, seconds=seconds,
-                             final_loss=losses[-1] if losses else float("nan"),
-                             initial_loss=losses[0] if losses else float("nan"))
-    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-    info.update(lr=lr, batch_size=batch_size, seed=seed, num_rows=len(examples), source=str(model_dir))
-    _save(model, processor, model_dir, out_dir, info)
-    return result
+    with _threads(num_threads), torch.random.fork_rng(devices=[]):
+        model, processor = _load(model_dir)
+        examples = [encode_example(processor, p, demonstration(p)) for p in prompts]
+        losses = _train(model, examples, processor.tokenizer.pad_token_id, steps=steps, lr=lr,
+                        batch_size=batch_size, seed=seed, warmup_steps=warmup_steps,
+                        max_grad_norm=max_grad_norm, log_every=log_every)
+        nan = float("nan")
+        info = dict(steps=steps, lr=lr, batch_size=batch_size, seed=seed, num_rows=len(examples),
+                    source=str(model_dir), initial_loss=losses[0] if losses else nan,
+                    final_loss=losses[-1] if losses else nan)
+        _save(model, processor, model_dir, out_dir, info)
+    return WarmStartResult(out_dir=out_dir, steps=steps, final_loss=info["final_loss"],
+                           seconds=time.perf_counter() - t0, initial_loss=info["initial_loss"])
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -218,8 +248,12 @@ def generate_responses(model, processor, prompts: Sequence[Prompt], *, max_new_t
                        batch_size: int = 32) -> list[list[str]]:
     """`num_samples` decoded responses per prompt (temperature 0: greedy), special tokens
     skipped as the rollout engine does (the R1 tags are ordinary tokens and stay)."""
+    from rlsys.models.forward import suppressed_token_ids
+
     tok = processor.tokenizer
     sampling = temperature > 0
+    # As the rollout engine does: never emit an image/video placeholder token.
+    suppress = suppressed_token_ids(processor) or None
     out: list[list[str]] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -229,7 +263,7 @@ def generate_responses(model, processor, prompts: Sequence[Prompt], *, max_new_t
             gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling,
                                  temperature=temperature if sampling else None, top_p=None,
                                  top_k=None, num_return_sequences=num_samples,
-                                 pad_token_id=tok.pad_token_id)
+                                 pad_token_id=tok.pad_token_id, suppress_tokens=suppress)
             texts = tok.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
             out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
     return out
@@ -245,13 +279,15 @@ def score(prompt: Prompt, response: str) -> tuple[float, float]:
 
 def greedy_accuracy(model_dir: Union[str, Path], prompts_or_parquet: PromptSource,
                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, limit: Optional[int] = None,
-                    *, system_prompt: Optional[str] = R1_SYSTEM_PROMPT) -> tuple[float, float]:
-    """(accuracy, format_rate) of greedy responses on the first `limit` prompts."""
+                    *, system_prompt: Optional[str] = R1_SYSTEM_PROMPT,
+                    num_threads: Optional[int] = 1) -> tuple[float, float]:
+    """(accuracy, format_rate) of greedy responses on the first `limit` prompts, scored by
+    the `accuracy` and `r1_format` rewards."""
     prompts = as_prompts(prompts_or_parquet, system_prompt)[:limit]
     if not prompts:
         raise ValueError("greedy_accuracy: no prompts")
-    model, processor = _load(model_dir)
-    model.eval()
-    responses = generate_responses(model, processor, prompts, max_new_tokens=max_new_tokens)
+    with _threads(num_threads):
+        model, processor = _load(model_dir)
+        responses = generate_responses(model, processor, prompts, max_new_tokens=max_new_tokens)
     scores = np.array([score(p, r[0]) for p, r in zip(prompts, responses)])
     return float(scores[:, 0].mean()), float(scores[:, 1].mean())

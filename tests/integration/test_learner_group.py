@@ -112,9 +112,11 @@ def test_two_rank_step_nan_skip_and_checkpoint(ray_local, tiny_model_dir, tmp_pa
     d0 = on_all(ray, group, "params_digest")[0]
 
     m = on_all(ray, group, "train_step", *shard(samples, 2))
-    assert m[0]["policy_loss"] == m[1]["policy_loss"] and m[0]["grad_norm"] == m[1]["grad_norm"]
-    assert m[0]["skipped"] == 0 and m[0]["samples"] == 6 and m[0]["grad_norm"] > 0
-    assert abs(m[0]["mismatch_abs_mean"] - 0.05) < 1e-5 and abs(m[0]["mismatch_ratio_mean"] - torch.exp(torch.tensor(0.05)).item()) < 1e-5
+    print(f"\nZeRO-{zero_stage} rank losses {m[0]['policy_loss']!r} {m[1]['policy_loss']!r}, "
+          f"grad_norm {m[0]['grad_norm']:.6f}, mismatch {m[0]['mismatch_abs_mean']:.6f}")
+    assert m[0].policy_loss == m[1].policy_loss and m[0].grad_norm == m[1].grad_norm
+    assert m[0].skipped == 0 and m[0].samples == 6 and m[0].grad_norm > 0
+    assert abs(m[0].mismatch_abs_mean - 0.05) < 1e-5 and abs(m[0].mismatch_ratio_mean - torch.exp(torch.tensor(0.05)).item()) < 1e-5
     d1 = on_all(ray, group, "params_digest")
     assert d1[0] == d1[1] != d0
 
@@ -122,7 +124,7 @@ def test_two_rank_step_nan_skip_and_checkpoint(ray_local, tiny_model_dir, tmp_pa
     bad = copy.deepcopy(samples)
     bad[4].advantages[1] = float("nan")
     m = on_all(ray, group, "train_step", *shard(bad, 2))
-    assert m[0]["skipped"] == 1 and m[1]["skipped"] == 1
+    assert m[0].skipped == 1 and m[1].skipped == 1
     assert on_all(ray, group, "params_digest")[0] == d1[0]
 
     # Checkpoint: the step after loading == the step after saving (params + Adam state + LR).
@@ -156,12 +158,20 @@ def test_two_ranks_equal_one_rank(ray_local, tiny_model_dir):
         ray.kill(a)
     print(f"\n1-rank loss {m1['policy_loss']:.8f} grad_norm {m1['grad_norm']:.8f}; "
           f"2-rank loss {m2['policy_loss']:.8f} grad_norm {m2['grad_norm']:.8f}")
-    assert abs(m1["policy_loss"] - m2["policy_loss"]) < 1e-6
-    assert abs(m1["grad_norm"] - m2["grad_norm"]) < 1e-5 * m1["grad_norm"]
-    assert m1["tokens"] == m2["tokens"] and m1["kl"] == pytest.approx(m2["kl"], abs=1e-6)
-    diff = max((p1[n] - p2[n]).abs().max().item() for n in p1)
-    print(f"max |param_1rank - param_2rank| after one step: {diff:.3e}")
-    assert diff < 1e-6
+    assert abs(m1.policy_loss - m2.policy_loss) < 1e-6
+    assert abs(m1.grad_norm - m2.grad_norm) < 1e-5 * m1.grad_norm
+    assert m1.tokens == m2.tokens and m1.kl == pytest.approx(m2.kl, abs=1e-6)
+    # Adam's first step is ~lr * sign(g): where |g| ~ eps, summation-order noise in g moves
+    # single entries by a fraction of lr, so compare the updates as a whole (L2) and bound
+    # the worst entry by a small fraction of lr. The gradient norm above is the sharp check.
+    from safetensors.torch import load_file
+
+    p0 = load_file(os.path.join(str(tiny_model_dir), "model.safetensors"))
+    num = sum(((p1[n] - p2[n]) ** 2).sum().item() for n in p1) ** 0.5
+    den = sum(((p1[n] - p0[n]) ** 2).sum().item() for n in p1) ** 0.5
+    worst = max((p1[n] - p2[n]).abs().max().item() for n in p1)
+    print(f"update |d1 - d2| / |d1| = {num / den:.3e}; max entry diff {worst:.3e} (lr {COMMON['lr']})")
+    assert num / den < 1e-3 and worst < 0.05 * COMMON["lr"]
 
 
 class Receiver:

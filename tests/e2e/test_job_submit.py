@@ -1,0 +1,89 @@
+"""`ray job submit` of the default job against a Ray head this test starts on 127.0.0.1.
+
+The head and everything it spawned are stopped by what this test started (processes whose
+command line names this test's Ray temp dir), never by a machine-wide `ray stop`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+def _kill_started(marker: str) -> None:
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                proc.send_signal(signal.SIGKILL)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@pytest.fixture
+def ray_head():
+    temp = tempfile.mkdtemp(prefix="rlsys-e2e-", dir="/tmp")
+    port, dash = _free_port(), _free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+           "--num-cpus=6", f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        _kill_started(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
+    out = tmp_path / "runs"
+    job_id = f"rlsys-e2e-{int(time.time())}"
+    runtime_env = {"excludes": [".venv", ".git", "runs", "wandb", "*.egg-info", "__pycache__"],
+                   "env_vars": {"RAY_AUTH_MODE": "disabled"}}
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--submission-id", job_id,
+              "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+              sys.executable, "-m", "launch.train", "--config", "configs/default.yaml",
+              "resources.address=auto", "total_steps=2", "sampling.prompts_per_step=4", "rollout.n=4",
+              "rollout.max_new_tokens=16", "eval.max_prompts=8", "logging.wandb=offline",
+              "logging.progress_bar=false", f"output_dir={out}", f"model.path={tiny_model_dir}",
+              "data.synthetic.train_size=64", "data.synthetic.test_size=8"]
+    proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=900)
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", ray_head, job_id],
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert "SUCCEEDED" in status.stdout + status.stderr, proc.stdout[-4000:] + proc.stderr[-4000:]
+    runs = list(out.glob("default-*/metrics.jsonl"))
+    assert len(runs) == 1, list(out.glob("**/*"))
+    rows = [json.loads(line) for line in runs[0].read_text().splitlines()]
+    steps = [r for r in rows if "reward/mean" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(0.0 <= r["reward/accuracy"] <= 1.0 for r in steps)
+    assert any("eval/accuracy" in r for r in rows)
+    assert (runs[0].parent / "summary.json").exists()
