@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -149,7 +149,8 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
-def _load(model_dir: Union[str, Path]):
+def load_model(model_dir: Union[str, Path]):
+    """(model in eval mode, processor) of a HF checkpoint directory, float32."""
     from rlsys.models.loading import load_policy, load_processor
 
     return load_policy(model_dir, "float32"), load_processor(model_dir)
@@ -167,10 +168,12 @@ def _save(model, processor, model_dir: Path, out_dir: Path, info: dict) -> None:
 
 
 def _train(model, examples: list[dict], pad_id: int, *, steps: int, lr: float, batch_size: int,
-           seed: int, warmup_steps: int, max_grad_norm: float, log_every: int) -> list[float]:
+           seed: int, warmup_steps: int, max_grad_norm: float, log_every: int,
+           on_step: Optional[Callable[[int, list[float]], None]] = None) -> list[float]:
     """AdamW, linear warm-up then constant lr (so a run of N steps is the prefix of a longer
-    run, which keeps the calibration's step sweep honest). Batches are drawn without
-    replacement from a seeded permutation, reshuffled each epoch. -> per-step losses."""
+    run, so a snapshot after n steps equals an n-step run). Batches are drawn without
+    replacement from a seeded permutation, reshuffled each epoch. on_step(n, losses) runs
+    after step n. -> per-step losses."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -191,6 +194,8 @@ def _train(model, examples: list[dict], pad_id: int, *, steps: int, lr: float, b
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             logger.info("warm start step %d/%d loss %.4f", step + 1, steps, losses[-1])
+        if on_step is not None:
+            on_step(step + 1, losses)
     model.eval()
     return losses
 
@@ -208,6 +213,7 @@ def sft_warm_start(
     max_grad_norm: float = 1.0,
     system_prompt: Optional[str] = R1_SYSTEM_PROMPT,
     num_threads: Optional[int] = 1,
+    snapshot_steps: Sequence[int] = (),
     log_every: int = 0,
 ) -> WarmStartResult:
     """Fine-tune `model_dir` on `demonstration(row)` responses and save it to `out_dir`.
@@ -217,6 +223,8 @@ def sft_warm_start(
     covers the response tokens and the end-of-turn token only. steps=0 just copies the
     checkpoint (the "no warm start" baseline). seconds in the result is the whole call
     (load, encode, train, save). num_threads: see `_threads` (None keeps torch's setting).
+    snapshot_steps: also save the model after these step counts, to out_dir/step-<n>
+    (identical to an n-step run; the calibration sweeps steps with one run this way).
     """
     from rlsys.data.synthetic import demonstration
 
@@ -226,18 +234,29 @@ def sft_warm_start(
     if not prompts:
         raise ValueError("sft_warm_start: no prompts to train on")
     with _threads(num_threads), torch.random.fork_rng(devices=[]):
-        model, processor = _load(model_dir)
+        model, processor = load_model(model_dir)
         examples = [encode_example(processor, p, demonstration(p)) for p in prompts]
+        info = dict(lr=lr, batch_size=batch_size, seed=seed, num_rows=len(examples),
+                    source=str(model_dir))
+
+        def record(n: int, losses: list[float]) -> dict:
+            nan = float("nan")
+            return dict(info, steps=n, seconds=time.perf_counter() - t0,
+                        initial_loss=losses[0] if losses else nan,
+                        final_loss=losses[-1] if losses else nan)
+
+        def snapshot(n: int, losses: list[float]) -> None:
+            if n in snapshot_steps and n != steps:
+                _save(model, processor, model_dir, out_dir / f"step-{n}", record(n, losses))
+                model.train()  # save_pretrained leaves the mode alone; be explicit anyway
+
         losses = _train(model, examples, processor.tokenizer.pad_token_id, steps=steps, lr=lr,
                         batch_size=batch_size, seed=seed, warmup_steps=warmup_steps,
-                        max_grad_norm=max_grad_norm, log_every=log_every)
-        nan = float("nan")
-        info = dict(steps=steps, lr=lr, batch_size=batch_size, seed=seed, num_rows=len(examples),
-                    source=str(model_dir), initial_loss=losses[0] if losses else nan,
-                    final_loss=losses[-1] if losses else nan)
-        _save(model, processor, model_dir, out_dir, info)
-    return WarmStartResult(out_dir=out_dir, steps=steps, final_loss=info["final_loss"],
-                           seconds=time.perf_counter() - t0, initial_loss=info["initial_loss"])
+                        max_grad_norm=max_grad_norm, log_every=log_every, on_step=snapshot)
+        final = record(steps, losses)
+        _save(model, processor, model_dir, out_dir, final)
+    return WarmStartResult(out_dir=out_dir, steps=steps, final_loss=final["final_loss"],
+                           seconds=time.perf_counter() - t0, initial_loss=final["initial_loss"])
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -287,7 +306,7 @@ def greedy_accuracy(model_dir: Union[str, Path], prompts_or_parquet: PromptSourc
     if not prompts:
         raise ValueError("greedy_accuracy: no prompts")
     with _threads(num_threads):
-        model, processor = _load(model_dir)
+        model, processor = load_model(model_dir)
         responses = generate_responses(model, processor, prompts, max_new_tokens=max_new_tokens)
     scores = np.array([score(p, r[0]) for p, r in zip(prompts, responses)])
     return float(scores[:, 0].mean()), float(scores[:, 1].mean())
