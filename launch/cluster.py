@@ -15,6 +15,8 @@ def runtime_env_vars(cfg: RunConfig) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": cfg.logging.wandb if cfg.logging.wandb != "disabled" else "disabled",
         "RAY_DEDUP_LOGS": "1",
+        # vLLM's CPU worker logs a thread-binding warning on every forward; errors still show.
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
     }
     for key in ("OMP_NUM_THREADS", "RLSYS_CACHE"):
         if key in os.environ:

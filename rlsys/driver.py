@@ -15,6 +15,7 @@ from rlsys.config import RunConfig, to_dict
 from rlsys.evaluation import EvalResult, evaluate_groups
 from rlsys.logging import MetricsLogger, flatten
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
+from rlsys.recording import RolloutRecorder
 from rlsys.sampling import PromptSampler
 from rlsys.timing import StageTimer
 
@@ -39,6 +40,7 @@ class Driver:
         self.version = 0
         self.step_index = 0
         self.needs_reference = cfg.algorithm.kl_coef > 0
+        self.recorder = RolloutRecorder(run_dir / "rollouts.parquet")
 
     # ------------------------------------------------------------------ stages
 
@@ -76,6 +78,8 @@ class Driver:
             groups = self.generate(prompts)
         with timer.stage("score"):
             scored = self.score(groups)
+        with timer.stage("record"):
+            self.recorder.write(self.step_index + 1, scored)
         with timer.stage("advantages"):
             batch, batch_stats = self.advantages(scored)
         with timer.stage("update"):
@@ -126,6 +130,7 @@ class Driver:
                 logger.log(self.step_index, flatten("eval", after))
         finally:
             logger.close()
+            self.recorder.close()
         self.save_checkpoint(self.run_dir / "checkpoints" / "final")
         if cfg.checkpoint.export_hf:
             self.roles.learner.export_hf(self.run_dir / "hf_model")
