@@ -14,7 +14,7 @@ from pathlib import Path
 from rlsys.config import RunConfig
 
 # Bump when the builder, the task generator or the warm-start recipe changes meaning.
-ASSET_VERSION = 1
+ASSET_VERSION = 2
 
 
 @dataclass

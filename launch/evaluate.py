@@ -28,13 +28,15 @@ def engine_kwargs(cfg: RunConfig) -> dict:
 
 
 def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
-    from launch.embedded import resolve
+    from launch.embedded import embedded_model, synthetic_data
     from rlsys.evaluation import evaluate_groups
     from rlsys.models.engine import VLLMEngine
 
-    assets = resolve(cfg)
-    model = model or (str(assets.model_dir) if assets.model_dir else cfg.model.path)
-    data = data or (str(assets.test_path) if assets.test_path else cfg.data.test)
+    # Build only what the command line did not name.
+    if model is None:
+        model = str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path
+    if data is None:
+        data = str(synthetic_data(cfg)[1]) if cfg.data.test == "synthetic" else cfg.data.test
     prompts = load_split(cfg, data)[: cfg.eval.max_prompts]
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.cpu_kv_cache_gib))))

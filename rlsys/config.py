@@ -74,7 +74,7 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
-    families: list[str] = f(["count_color"], "Synthetic task families mixed in the dataset.")
+    families: list[str] = f(["majority_color"], "Synthetic task families mixed in the dataset.")
     train_size: int = f(2048, "Synthetic training prompts.", ge=1)
     test_size: int = f(128, "Synthetic held-out prompts.", ge=1)
     image_size: int = f(56, "Image side in pixels, a multiple of 28 (one visual token per 28 px cell).", ge=56)

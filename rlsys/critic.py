@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rlsys.algorithms.losses import LOSS_AGGREGATIONS, AggregationParams, value_loss
-from rlsys.learner import DeepSpeedTrainerBase, pad_to
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, pad_to
 from rlsys.protocol import TrainBatch, TrainSample
 
 
