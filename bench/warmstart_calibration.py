@@ -35,7 +35,7 @@ from rlsys.models.tiny import ensure_tiny_model  # noqa: E402
 DEMOS = {"one-sentence": demonstration, "per-cell": ws.perception_demonstration}
 SWEEPS = {  # demonstration -> step counts evaluated (the last is the run's length)
     "one-sentence": [0, 25, 50, 100, 200, 400, 1000, 2000],
-    "per-cell": [0, 25, 50, 100, 200, 300, 400, 600, 800, 1000, 1500],
+    "per-cell": [0, 25, 50, 100, 150, 200, 250, 300, 400, 600, 800, 1000, 1500],
 }
 QUICK = {"one-sentence": [0, 50, 100, 200, 400], "per-cell": [0, 100, 200, 300, 400, 600]}
 
@@ -55,13 +55,22 @@ def _count(response: str):
     return int(ans) if ans is not None and ans.strip().isdigit() else None
 
 
+def _cells_named(prompt, response: str) -> float:
+    """Share of cells named correctly by a per-cell response (0 if it names none)."""
+    truth = ws.perception_demonstration(prompt).split(". ")[0].removeprefix("<think>").split(", ")
+    named = response.removeprefix("<think>").split(". ")[0].split(", ")
+    return float(np.mean([a == b for a, b in zip(truth, named + [""] * len(truth))]))
+
+
 def evaluate_model(model, processor, test: list) -> dict:
-    """Greedy accuracy, format rate, and the share of answers equal to the object count."""
+    """Greedy accuracy, format rate, the share of answers equal to the object count, and the
+    share of cells named right (per-cell demonstrations only)."""
     responses = [r[0] for r in ws.generate_responses(model, processor, test, max_new_tokens=48)]
     scores = np.array([ws.score(p, r) for p, r in zip(test, responses)])
     shortcut = np.mean([_count(r) == len(p.metadata["objects"]) for p, r in zip(test, responses)])
+    cells = np.mean([_cells_named(p, r) for p, r in zip(test, responses)])
     return {"accuracy": scores[:, 0].mean(), "format": scores[:, 1].mean(), "n_objects": shortcut,
-            "example": responses[0]}
+            "cells": cells, "example": responses[0]}
 
 
 def evaluate(model_dir: Path, test: list) -> dict:
@@ -69,8 +78,12 @@ def evaluate(model_dir: Path, test: list) -> dict:
 
 
 def sweep(model_dir, train, test, work: Path, demo: str, lr: float, steps: list[int]) -> list[dict]:
-    """One SFT run of max(steps) with snapshots; evaluate the base model and every snapshot."""
+    """One SFT run of max(steps) with snapshots; evaluate the base model and every snapshot.
+    Results are cached in the work dir (delete it to re-measure)."""
     out = work / f"sweep-{demo}-lr{lr:g}"
+    cache = work / f"sweep-{demo}-lr{lr:g}-{'-'.join(map(str, steps))}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     ws.sft_warm_start(model_dir, train, out, steps=max(steps), lr=lr, demonstrate=DEMOS[demo],
                       snapshot_steps=steps, seed=0)
     rows = []
@@ -81,6 +94,7 @@ def sweep(model_dir, train, test, work: Path, demo: str, lr: float, steps: list[
                    loss=info.get("final_loss", float("nan")), **evaluate(ckpt, test))
         print(json.dumps({k: v for k, v in row.items() if k != "example"}, default=float), flush=True)
         rows.append(row)
+    cache.write_text(json.dumps(rows, default=float))
     return rows
 
 
@@ -148,11 +162,12 @@ def write_report(path: Path, rows: list[dict], chosen: dict, div: dict, grpo) ->
              "`= #objects`: share of answers equal to the number of objects in the image "
              "(the colour-blind shortcut). Seconds: wall time of an SFT call of that length "
              "(load, encode, train; 1 thread).", "",
-             "| demonstration | lr | SFT steps | seconds | final loss | accuracy | format | = #objects |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| demonstration | lr | SFT steps | seconds | final loss | accuracy | format | = #objects | cells named |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['demo']} | {r['lr']:g} | {r['steps']} | {r['seconds']:.0f} | "
-                     f"{r['loss']:.3f} | {r['accuracy']:.1%} | {r['format']:.1%} | {r['n_objects']:.1%} |")
+                     f"{r['loss']:.3f} | {r['accuracy']:.1%} | {r['format']:.1%} | {r['n_objects']:.1%} | "
+                     f"{r['cells']:.1%} |")
     lines += ["", "## Chosen defaults", "",
               f"`DEFAULT_SFT_STEPS={chosen['steps']}`, `DEFAULT_SFT_LR={chosen['lr']:g}`, batch "
               f"{chosen['batch_size']}, per-cell demonstration: fresh run {chosen['seconds']:.0f} s, "

@@ -98,7 +98,7 @@ class RolloutConfig:
     num_engines: int = f(1, "vLLM engine actors.", ge=1)
     tensor_parallel_size: int = f(1, "GPUs per engine (tensor parallel); 1 on CPU.", ge=1)
     n: int = f(8, "Samples per prompt (the group size G).", ge=1)
-    temperature: float = f(1.0, "Sampling temperature.", gt=0.0)
+    temperature: float = f(0.7, "Sampling temperature (the learner uses the same one for its log-probs).", gt=0.0)
     top_p: float = f(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
     max_new_tokens: int = f(48, "Longest response; longer ones stop with finish_reason 'length'.", ge=1)
     max_model_len: int = f(512, "Engine context length (prompt + response).", ge=16)

@@ -40,7 +40,7 @@ class Driver:
         self.version = 0
         self.step_index = 0
         self.needs_reference = cfg.algorithm.kl_coef > 0
-        self.recorder = RolloutRecorder(run_dir / "rollouts.parquet")
+        self.recorder = RolloutRecorder(run_dir / "rollouts")
 
     # ------------------------------------------------------------------ stages
 
@@ -130,7 +130,6 @@ class Driver:
                 logger.log(self.step_index, flatten("eval", after))
         finally:
             logger.close()
-            self.recorder.close()
         self.save_checkpoint(self.run_dir / "checkpoints" / "final")
         if cfg.checkpoint.export_hf:
             self.roles.learner.export_hf(self.run_dir / "hf_model")

@@ -12,11 +12,13 @@ SCHEMA_FIELDS = ("step", "prompt_uid", "sample_index", "prompt_token_ids", "resp
 
 
 class RolloutRecorder:
-    """Appends each step's scored groups to `<run_dir>/rollouts.parquet` (one row group a step)."""
+    """Writes each step's scored groups to `<dir>/step_<n>.parquet`. One complete file per step,
+    so a run that dies keeps every finished step readable; `pyarrow.parquet.read_table(dir)`
+    reads them all as one table."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._writer = None
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
 
     def _schema(self):
         import pyarrow as pa
@@ -46,12 +48,7 @@ class RolloutRecorder:
                 for name, value in zip(SCHEMA_FIELDS, values):
                     rows[name].append(value)
         table = pa.table(rows, schema=self._schema())
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-        self._writer.write_table(table)
+        tmp = self.directory / f".step_{step:06d}.parquet.tmp"
+        pq.write_table(table, tmp)
+        tmp.rename(self.directory / f"step_{step:06d}.parquet")  # readers never see half a file
         return table.num_rows
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # Calibrated on the embedded default (tiny model, count_color, 56 px images, 2048 train rows):
 # see bench/results/warmstart_calibration.md. Format ~100%, held-out greedy accuracy in the
 # 20-50% band, a few tens of seconds on 2 CPU cores.
-DEFAULT_SFT_STEPS = 25
+DEFAULT_SFT_STEPS = 60
 DEFAULT_SFT_LR = 1e-3
 DEFAULT_SFT_BATCH_SIZE = 16
 DEFAULT_MAX_NEW_TOKENS = 48

@@ -58,10 +58,9 @@ def _run(tiny_model_dir, task_data, tmp_path, overrides, steps=2):
         digest0 = roles.learner.call_all(lambda a: a.params_digest.remote())[0]
         driver = Driver(cfg, roles, load_split(cfg, task_data[0]), load_split(cfg, task_data[1]), tmp_path)
         rows = [driver.step() for _ in range(steps)]
-        driver.recorder.close()
         import pyarrow.parquet as pq
 
-        recorded = pq.read_table(tmp_path / "rollouts.parquet").to_pylist()
+        recorded = pq.read_table(tmp_path / "rollouts").to_pylist()
         assert len(recorded) == steps * 4 * 4
         assert {r["policy_version"] for r in recorded} == set(range(steps))
         digest1 = roles.learner.call_all(lambda a: a.params_digest.remote())[0]

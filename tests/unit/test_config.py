@@ -118,3 +118,7 @@ def test_gpu_plan_that_does_not_fit_is_rejected():
     with pytest.raises(ConfigError, match=r"resources.gpus_per_node = 1: one actor asks for 2"):
         load_config(path, ["resources.gpus_per_node=1", "rollout.tensor_parallel_size=2",
                            "resources.gpus_per_engine=2"])
+
+
+def test_default_yaml_is_what_rlsys_train_runs_without_arguments():
+    assert to_dict(load_config(DEFAULT)) == to_dict(load_config(None))

@@ -11,11 +11,10 @@ def test_rollouts_round_trip(tmp_path):
         Rollout([1, 2], [5, 6, 7], "<answer>2</answer>", [-0.1, -0.2, -0.3], "stop", 4),
         Rollout([1, 2], [8], "x", [-1.5], "length", 4)])
     scored = ScoredGroup(group, RewardResult([1.5, 0.0], {"accuracy": [1.0, 0.0], "r1_format": [1.0, 0.0]}))
-    rec = RolloutRecorder(tmp_path / "rollouts.parquet")
+    rec = RolloutRecorder(tmp_path / "rollouts")
     assert rec.write(7, [scored]) == 2
     assert rec.write(8, [scored]) == 2
-    rec.close()
-    rows = pq.read_table(tmp_path / "rollouts.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "rollouts").to_pylist()
     assert len(rows) == 4
     first = rows[0]
     assert first["step"] == 7 and first["prompt_uid"] == "syn:3" and first["sample_index"] == 0

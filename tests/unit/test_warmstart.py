@@ -57,7 +57,7 @@ def test_collate_pads_labels_and_keeps_images(processor, rows):
 
 
 def _fixed_batch_loss(model_dir, rows) -> float:
-    model, processor = ws._load(model_dir)
+    model, processor = ws.load_model(model_dir)
     prompts = ws.as_prompts(rows)
     exs = [ws.encode_example(processor, p, demonstration(p)) for p in prompts]
     with torch.no_grad():
