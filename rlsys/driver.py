@@ -71,6 +71,8 @@ class Driver:
     # ------------------------------------------------------------------ one step
 
     def step(self) -> dict[str, float]:
+        """One training step; advances `step_index` (the data position is the sampler's)."""
+        self.step_index += 1
         timer = StageTimer()
         with timer.stage("sample"):
             prompts = self.sampler.next_batch()
@@ -79,7 +81,7 @@ class Driver:
         with timer.stage("score"):
             scored = self.score(groups)
         with timer.stage("record"):
-            self.recorder.write(self.step_index + 1, scored)
+            self.recorder.write(self.step_index, scored)
         with timer.stage("advantages"):
             batch, batch_stats = self.advantages(scored)
         with timer.stage("update"):
@@ -119,7 +121,6 @@ class Driver:
         try:
             while self.step_index < cfg.total_steps:
                 row = self.step()
-                self.step_index += 1
                 if cfg.eval.every and self.step_index % cfg.eval.every == 0 and self.step_index < cfg.total_steps:
                     row.update(flatten("eval", self.evaluate()))
                 logger.log(self.step_index, row)

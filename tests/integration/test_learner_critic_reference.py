@@ -56,7 +56,7 @@ def test_critic_two_ranks(ray_local, tiny_model_dir):  # noqa: F811
     v2 = on_all(ray, group, "compute_values", *[(b.samples,) for (b,) in shard(samples, 2)])
     err0 = torch.cat(v0[0] + v0[1]).sub(1.0).abs().mean().item()
     err2 = torch.cat(v2[0] + v2[1]).sub(1.0).abs().mean().item()
-    print(f"\ncritic loss {m1[0]['value_loss']:.4f} -> {m2[0]['value_loss']:.4f}; |V - R| {err0:.4f} -> {err2:.4f}")
+    print(f"\ncritic loss {m1[0].value_loss:.4f} -> {m2[0].value_loss:.4f}; |V - R| {err0:.4f} -> {err2:.4f}")
     assert m2[0].value_loss < m1[0].value_loss and err2 < err0
     for a in group:
         ray.kill(a)

@@ -112,8 +112,8 @@ def test_two_rank_step_nan_skip_and_checkpoint(ray_local, tiny_model_dir, tmp_pa
     d0 = on_all(ray, group, "params_digest")[0]
 
     m = on_all(ray, group, "train_step", *shard(samples, 2))
-    print(f"\nZeRO-{zero_stage} rank losses {m[0]['policy_loss']!r} {m[1]['policy_loss']!r}, "
-          f"grad_norm {m[0]['grad_norm']:.6f}, mismatch {m[0]['mismatch_abs_mean']:.6f}")
+    print(f"\nZeRO-{zero_stage} rank losses {m[0].policy_loss!r} {m[1].policy_loss!r}, "
+          f"grad_norm {m[0].grad_norm:.6f}, mismatch {m[0].mismatch_abs_mean:.6f}")
     assert m[0].policy_loss == m[1].policy_loss and m[0].grad_norm == m[1].grad_norm
     assert m[0].skipped == 0 and m[0].samples == 6 and m[0].grad_norm > 0
     assert abs(m[0].mismatch_abs_mean - 0.05) < 1e-5 and abs(m[0].mismatch_ratio_mean - torch.exp(torch.tensor(0.05)).item()) < 1e-5
@@ -156,8 +156,8 @@ def test_two_ranks_equal_one_rank(ray_local, tiny_model_dir):
     p2 = dict(on_all(ray, two, "weight_buckets", (1e6,), (1e6,))[0][0])
     for a in two:
         ray.kill(a)
-    print(f"\n1-rank loss {m1['policy_loss']:.8f} grad_norm {m1['grad_norm']:.8f}; "
-          f"2-rank loss {m2['policy_loss']:.8f} grad_norm {m2['grad_norm']:.8f}")
+    print(f"\n1-rank loss {m1.policy_loss:.8f} grad_norm {m1.grad_norm:.8f}; "
+          f"2-rank loss {m2.policy_loss:.8f} grad_norm {m2.grad_norm:.8f}")
     assert abs(m1.policy_loss - m2.policy_loss) < 1e-6
     assert abs(m1.grad_norm - m2.grad_norm) < 1e-5 * m1.grad_norm
     assert m1.tokens == m2.tokens and m1.kl == pytest.approx(m2.kl, abs=1e-6)
