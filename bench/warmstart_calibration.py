@@ -34,7 +34,7 @@ from rlsys.models.tiny import ensure_tiny_model  # noqa: E402
 
 DEMOS = {"one-sentence": demonstration, "per-cell": ws.perception_demonstration}
 SWEEPS = {  # demonstration -> step counts evaluated (the last is the run's length)
-    "one-sentence": [0, 25, 50, 100, 200, 400, 1000, 2000],
+    "one-sentence": [0, 25, 50, 100, 150, 200, 250, 300, 400, 1000, 2000],
     "per-cell": [0, 25, 50, 100, 150, 200, 250, 300, 400, 600, 800, 1000, 1500],
 }
 QUICK = {"one-sentence": [0, 50, 100, 200, 400], "per-cell": [0, 100, 200, 300, 400, 600]}
@@ -78,24 +78,25 @@ def evaluate(model_dir: Path, test: list) -> dict:
 
 
 def sweep(model_dir, train, test, work: Path, demo: str, lr: float, steps: list[int]) -> list[dict]:
-    """One SFT run of max(steps) with snapshots; evaluate the base model and every snapshot.
-    Results are cached in the work dir (delete it to re-measure)."""
-    out = work / f"sweep-{demo}-lr{lr:g}"
-    cache = work / f"sweep-{demo}-lr{lr:g}-{'-'.join(map(str, steps))}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    ws.sft_warm_start(model_dir, train, out, steps=max(steps), lr=lr, demonstrate=DEMOS[demo],
-                      snapshot_steps=steps, seed=0)
-    rows = []
-    for n in steps:
-        ckpt = model_dir if n == 0 else out if n == max(steps) else out / f"step-{n}"
+    """Evaluate the base model and SFT snapshots after each of `steps`. Missing points come
+    from one run up to the largest of them (snapshots equal fresh runs of that length); rows
+    are cached per point in the work dir (delete it to re-measure)."""
+    cache_file = work / f"sweep-{demo}-lr{lr:g}.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    missing = [n for n in steps if str(n) not in cache]
+    out = work / f"sweep-{demo}-lr{lr:g}-{max(missing, default=0)}"
+    if any(missing):
+        ws.sft_warm_start(model_dir, train, out, steps=max(missing), lr=lr,
+                          demonstrate=DEMOS[demo], snapshot_steps=missing, seed=0)
+    for n in missing:
+        ckpt = model_dir if n == 0 else out if n == max(missing) else out / f"step-{n}"
         info = json.loads((ckpt / "rlsys_warmstart.json").read_text()) if n else {}
         row = dict(demo=demo, lr=lr, steps=n, seconds=info.get("seconds", 0.0),
                    loss=info.get("final_loss", float("nan")), **evaluate(ckpt, test))
         print(json.dumps({k: v for k, v in row.items() if k != "example"}, default=float), flush=True)
-        rows.append(row)
-    cache.write_text(json.dumps(rows, default=float))
-    return rows
+        cache[str(n)] = row
+        cache_file.write_text(json.dumps(cache, default=float, indent=1))
+    return [cache[str(n)] for n in steps]
 
 
 @torch.no_grad()

@@ -85,7 +85,9 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
     critics = (_dp_group(CriticActor, pg, plan.critics, b, cfg.critic.path or model_path, critic_kwargs(cfg), env)
                if cfg.critic.enabled else None)
     reference = (ray.remote(ReferenceActor).options(**place(plan.reference))
-                 .remote(cfg.reference.path or model_path, cfg.model.dtype) if needs_reference else None)
+                 # Same temperature as the learner: the KL compares the two tempered distributions.
+                 .remote(cfg.reference.path or model_path, cfg.model.dtype,
+                         temperature=cfg.rollout.temperature) if needs_reference else None)
     r = cfg.reward
     reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(
         [(c.name, c.weight) for c in r.components], r.timeout_s, r.num_workers, r.reward_model,

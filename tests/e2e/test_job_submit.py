@@ -75,9 +75,20 @@ def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
               "rollout.max_new_tokens=16", "eval.max_prompts=8", "logging.wandb=offline",
               "logging.progress_bar=false", f"output_dir={out}", f"model.path={tiny_model_dir}",
               "data.synthetic.train_size=64", "data.synthetic.test_size=8"]
-    proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=900)
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    # `ray start` returns before the job server answers; submit only once it does.
+    deadline = time.time() + 120
+    while True:
+        try:
+            JobSubmissionClient(ray_head).list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
+    proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     status = JobSubmissionClient(ray_head).get_job_status(job_id)
     assert status == JobStatus.SUCCEEDED, proc.stdout[-4000:] + proc.stderr[-4000:]
     runs = list(out.glob("default-*/metrics.jsonl"))

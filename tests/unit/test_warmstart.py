@@ -66,7 +66,8 @@ def _fixed_batch_loss(model_dir, rows) -> float:
 
 def test_a_few_sft_steps_lower_the_response_loss(tiny_model_dir, rows, tmp_path):
     out = tmp_path / "warm"
-    res = ws.sft_warm_start(tiny_model_dir, rows, out, steps=8, lr=3e-3, batch_size=3, seed=0)
+    res = ws.sft_warm_start(tiny_model_dir, rows, out, steps=8, lr=3e-3, batch_size=3, seed=0,
+                            demonstrate=demonstration)
     assert res.steps == 8 and res.seconds > 0 and res.out_dir == out
     assert res.final_loss < res.initial_loss
     before, after = _fixed_batch_loss(tiny_model_dir, rows), _fixed_batch_loss(out, rows)
@@ -93,6 +94,28 @@ def test_greedy_accuracy_returns_rates(tiny_model_dir, rows):
     acc, fmt = ws.greedy_accuracy(tiny_model_dir, rows, max_new_tokens=6, limit=3)
     # An untrained model cannot close the R1 tags within 6 tokens.
     assert 0.0 <= acc <= 1.0 and fmt == 0.0
+
+
+def test_perception_demonstration_names_each_cell_then_concludes(rows):
+    from rlsys.data.synthetic import Difficulty
+    from rlsys.rewards import accuracy, is_r1_format
+
+    for row in rows + generate_task_rows("count_shape", 3, seed=1, difficulty=Difficulty(image_size=84)):
+        demo = ws.perception_demonstration(row)
+        meta = row["metadata"]
+        grid = meta["difficulty"]["image_size"] // 28
+        named = demo.removeprefix("<think>").split(". ")[0].split(", ")
+        assert len(named) == grid * grid
+        attr = "color" if meta["family"] == "count_color" else "shape"
+        for obj in meta["objects"]:
+            r, c = obj["cell"]
+            assert named[r * grid + c] == obj[attr]
+        assert named.count("empty") == grid * grid - len(meta["objects"])
+        assert is_r1_format(demo) and accuracy(demo, row["answer"]) == 1.0
+        # Same conclusion as the one-sentence demonstration.
+        assert demo.endswith(demonstration(row).removeprefix("<think>"))
+    sums = generate_task_rows("sum_digits", 2, seed=0)
+    assert [ws.perception_demonstration(r) for r in sums] == [demonstration(r) for r in sums]
 
 
 def test_zero_steps_copies_the_checkpoint(tiny_model_dir, rows, tmp_path):
