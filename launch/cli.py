@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.ablate import add_arguments as ablate_arguments
 from rlsys.config import ConfigError, documented_yaml, load_config, to_yaml
 
 
@@ -28,11 +29,21 @@ def _parser() -> argparse.ArgumentParser:
     ev = _with_config(sub.add_parser("eval", help="held-out accuracy and format rate with vLLM"))
     ev.add_argument("--model", help="model dir (default: model.path of the config)")
     ev.add_argument("--data", help="prompts file (default: data.test of the config)")
+    ro = _with_config(sub.add_parser("rollout", help="record rollouts of the initial policy for offline replay"))
+    ro.add_argument("--max-prompts", type=int, default=None,
+                    help="only the first N training prompts (default: all)")
+    ablate_arguments(sub.add_parser("ablate", help="sampling ablation: online, then offline and mixed "
+                                    "replaying it; writes table.md + accuracy.png"))
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "ablate":  # three arm configs of its own, validated there
+        from launch.ablate import ablate_cli
+
+        return ablate_cli(args, parser)
     try:
         if args.command == "config" and args.config_command == "reference":
             print(documented_yaml())
@@ -56,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from launch.evaluate import evaluate_cli
 
         return evaluate_cli(cfg, model=args.model, data=args.data)
+    if args.command == "rollout":
+        from launch.rollout import rollout_cli
+
+        return rollout_cli(cfg, max_prompts=args.max_prompts)
     raise AssertionError(args.command)
 
 

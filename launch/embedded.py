@@ -14,7 +14,7 @@ from pathlib import Path
 from rlsys.config import RunConfig
 
 # Bump when the builder, the task generator or the warm-start recipe changes meaning.
-ASSET_VERSION = 2
+ASSET_VERSION = 3
 
 
 @dataclass
@@ -67,19 +67,23 @@ def _difficulty(cfg: RunConfig) -> dict:
 
 
 def embedded_model(cfg: RunConfig, force: bool = False) -> Path:
-    """Builds the tiny model from a seed, then warm-starts it on demonstrations of the task."""
+    """Builds the tiny model from a seed, then warm-starts it on demonstrations of the task,
+    a fixed share of them guesses (rlsys/models/warmstart.py says why)."""
     from rlsys.models.tiny import build_tiny_model
-    from rlsys.models.warmstart import DEFAULT_SFT_LR, DEFAULT_SFT_STEPS, sft_warm_start
+    from rlsys.models.warmstart import (DEFAULT_GUESS_FRACTION, DEFAULT_SFT_LR, DEFAULT_SFT_STEPS,
+                                        sft_warm_start)
 
     size = cfg.model.path.split(":", 1)[1]
     spec = {"v": ASSET_VERSION, "size": size, "seed": cfg.seed, "sft_steps": DEFAULT_SFT_STEPS,
-            "sft_lr": DEFAULT_SFT_LR, "task": _difficulty(cfg), "families": cfg.data.synthetic.families}
+            "sft_lr": DEFAULT_SFT_LR, "guess_fraction": DEFAULT_GUESS_FRACTION,
+            "task": _difficulty(cfg), "families": cfg.data.synthetic.families}
     out = cache_root(cfg) / "models" / f"{size}-{_key(spec)}"
     with _locked(out):
         if force or not (out / "done").exists():
             base = build_tiny_model(out / "base", size=size, seed=cfg.seed)
             demo_train, _ = synthetic_data(cfg)
             sft_warm_start(base, demo_train, out / "warm", steps=DEFAULT_SFT_STEPS, lr=DEFAULT_SFT_LR,
+                           guess_fraction=DEFAULT_GUESS_FRACTION,
                            seed=cfg.seed)
             (out / "spec.json").write_text(json.dumps(spec, indent=2))
             (out / "done").touch()

@@ -12,12 +12,14 @@ from pathlib import Path
 from rlsys.config import ConfigError, RunConfig, load_config, to_yaml
 
 
-def _run_dir(cfg: RunConfig) -> Path:
+def _run_dir(cfg: RunConfig, kind: str = "") -> Path:
+    """<output_dir>/<name>[-<kind>]-<timestamp>, never an existing directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(cfg.output_dir).expanduser().resolve() / f"{cfg.name}-{stamp}"
+    base = f"{cfg.name}-{kind}" if kind else cfg.name
+    path = Path(cfg.output_dir).expanduser().resolve() / f"{base}-{stamp}"
     suffix = 1
     while path.exists():
-        path = path.with_name(f"{cfg.name}-{stamp}-{suffix}")
+        path = path.with_name(f"{base}-{stamp}-{suffix}")
         suffix += 1
     path.mkdir(parents=True)
     return path
@@ -28,21 +30,29 @@ def run_training(cfg: RunConfig) -> int:
     from launch.embedded import resolve
     from launch.evaluate import load_split
     from rlsys.distributed.launcher import start_roles
+    from rlsys.data import DataError
     from rlsys.driver import Driver
+    from rlsys.sampling import replay_source
 
     t0 = time.perf_counter()
     assets = resolve(cfg)
     model_path = str(assets.model_dir) if assets.model_dir else cfg.model.path
     train = load_split(cfg, assets.train_path or cfg.data.train)
     test = load_split(cfg, assets.test_path or cfg.data.test)
+    try:
+        replay = replay_source(cfg, train)  # before any actor starts: a bad recording fails fast
+    except DataError as err:
+        print(f"rlsys: offline rollouts: {err}", file=sys.stderr)
+        return 2
     run_dir = _run_dir(cfg)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     print(f"[rlsys] run dir {run_dir}; model {model_path} (assets ready in {assets.build_seconds:.1f} s); "
-          f"{len(train)} train / {len(test)} test prompts", flush=True)
+          f"{len(train)} train / {len(test)} test prompts"
+          + (f"; {len(replay.items)} recorded groups to replay" if replay is not None else ""), flush=True)
     ray = connect(cfg)
     roles = start_roles(cfg, model_path)
     try:
-        driver = Driver(cfg, roles, train, test, run_dir)
+        driver = Driver(cfg, roles, train, test, run_dir, replay=replay)
         if cfg.checkpoint.resume_from:
             driver.load_checkpoint(Path(cfg.checkpoint.resume_from))
         summary = driver.run()

@@ -182,12 +182,32 @@ class AlgorithmConfig:
 
 @dataclass
 class SamplingConfig:
-    mode: Literal["online", "offline", "mixed"] = f("online", "Where rollouts come from.")
+    mode: Literal["online", "offline", "mixed"] = f(
+        "online", "Where a step's groups come from. 'online': the engines generate every group with the "
+        "current policy. 'offline': groups recorded by an earlier run (`offline_path`) are replayed and "
+        "re-scored with this run's rewards; their recorded behaviour log-probs stay their old log-probs, "
+        "so `algorithm.max_is_weight` corrects for the older sampling policy (the engines only "
+        "evaluate). 'mixed': round(offline_fraction * prompts_per_step) "
+        "groups (halves up) are replayed and the rest generated online.")
     prompts_per_step: int = f(16, "Prompt groups per step (B).", ge=1)
-    offline_path: Optional[str] = f(None, "Recorded rollouts (Parquet) for offline / mixed.")
-    offline_fraction: float = f(0.5, "Mixed mode: fraction of each batch from offline rollouts.", ge=0.0, le=1.0)
-    max_staleness: int = f(0, "Policy versions a sample may lag (0 = synchronous on-policy).", ge=0)
-    dynamic_sampling: bool = f(False, "Drop zero-variance groups and resample until the batch is full.")
+    offline_path: Optional[str] = f(
+        None, "Offline / mixed (null online): the rollouts to replay, as written by `rlsys train` "
+        "(<run_dir>/rollouts/step_*.parquet) or `rlsys rollout`: a run directory, a rollouts "
+        "directory or one .parquet file. Rows join the training prompts by prompt_uid (the images "
+        "live there, the recording keeps their hashes); an unknown uid or a malformed row stops the "
+        "run naming file, row and field. Recorded groups are drawn in seeded epochs.")
+    offline_fraction: Optional[float] = f(
+        None, "Mixed only (required there, null otherwise): share of each batch replayed from "
+        "`offline_path`; it must leave at least one replayed and one online group.", ge=0.0, le=1.0)
+    max_staleness: int = f(0, "Policy versions a sample may lag behind the learner. Only 0 "
+                           "(synchronous on-policy) is implemented; asynchronous generation is not yet.", ge=0)
+    dynamic_sampling: bool = f(
+        False, "DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage), then "
+        "draw more from the same sources (the mixed split kept) until the batch has prompts_per_step "
+        "groups, for at most `max_resample_rounds` extra rounds; a batch still short then trains as it "
+        "is (counted in sampling/short_batch).")
+    max_resample_rounds: int = f(4, "Dynamic sampling only: most extra draw-generate-score rounds per "
+                                 "step after the first (0 = drop without refilling).", ge=0)
 
 
 @dataclass
@@ -428,8 +448,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"critic.enabled = true: only algorithm.name = 'ppo' uses a critic (got '{cfg.algorithm.name}')")
     if cfg.algorithm.clip_low >= 1.0:
         raise ConfigError(f"algorithm.clip_low = {cfg.algorithm.clip_low}: must be < 1 so 1 - clip_low stays positive")
-    if cfg.sampling.mode in ("offline", "mixed") and not cfg.sampling.offline_path:
-        raise ConfigError(f"sampling.offline_path = null: sampling.mode = '{cfg.sampling.mode}' needs recorded rollouts")
+    _check_sampling(cfg.sampling)
     if cfg.algorithm.name in ("grpo", "rloo") and cfg.rollout.n < 2:
         raise ConfigError(f"rollout.n = {cfg.rollout.n}: {cfg.algorithm.name} needs >= 2 samples per prompt for its baseline")
     syn = cfg.data.synthetic
@@ -453,6 +472,32 @@ def validate(cfg: RunConfig) -> None:
         problem = _reward_spec_problem(comp.name)
         if problem:
             raise ConfigError(f"reward.components[{i}].name = {comp.name!r}: {problem}")
+
+
+def _check_sampling(s: SamplingConfig) -> None:
+    """Every sampling field set is one the run uses (a setting that would be ignored is an error)."""
+    if s.max_staleness > 0:
+        raise ConfigError(f"sampling.max_staleness = {s.max_staleness}: asynchronous generation is not "
+                          "implemented yet; only 0 (synchronous on-policy) is supported")
+    if s.mode in ("offline", "mixed") and not s.offline_path:
+        raise ConfigError(f"sampling.offline_path = null: sampling.mode = '{s.mode}' needs recorded rollouts")
+    if s.mode == "online" and s.offline_path:
+        raise ConfigError(f"sampling.offline_path = {s.offline_path!r}: only sampling.mode = 'offline' or "
+                          "'mixed' replays rollouts (mode is 'online')")
+    if s.mode != "mixed":
+        if s.offline_fraction is not None:
+            raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: only sampling.mode = 'mixed' "
+                              f"uses it (mode is '{s.mode}')")
+        return
+    if s.offline_fraction is None:
+        raise ConfigError("sampling.offline_fraction = null: sampling.mode = 'mixed' needs the replayed share of each batch")
+    from rlsys.sampling import offline_groups
+
+    k = offline_groups(s.prompts_per_step, s.offline_fraction)
+    if not 0 < k < s.prompts_per_step:
+        raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: with prompts_per_step = "
+                          f"{s.prompts_per_step} that is {k} replayed groups per step; mixed needs 1 to "
+                          f"{s.prompts_per_step - 1} (use mode 'online' or 'offline' for all of one kind)")
 
 
 def gpu_plan(cfg: RunConfig) -> list[float]:

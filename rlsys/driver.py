@@ -16,7 +16,7 @@ from rlsys.evaluation import EvalResult, evaluate_groups
 from rlsys.logging import MetricsLogger, flatten
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 from rlsys.recording import RolloutRecorder
-from rlsys.sampling import PromptSampler
+from rlsys.sampling import BatchFill, BatchPlan, PromptSampler, ReplaySampler, plan_batch, replay_source
 from rlsys.timing import StageTimer
 
 
@@ -31,11 +31,16 @@ class RunSummary:
 
 class Driver:
     def __init__(self, cfg: RunConfig, roles, train_prompts: list[Prompt], test_prompts: list[Prompt],
-                 run_dir: Path):
+                 run_dir: Path, replay: Optional[ReplaySampler] = None):
+        """`replay`: the recorded groups offline / mixed sampling draws from; read from
+        `sampling.offline_path` when not given (launch reads it before any actor starts)."""
         self.cfg = cfg
         self.roles = roles
         self.test_prompts = test_prompts[: cfg.eval.max_prompts]
-        self.sampler = PromptSampler(train_prompts, cfg.sampling.prompts_per_step, cfg.seed, cfg.data.shuffle)
+        s = cfg.sampling
+        self.plan = plan_batch(s.mode, s.prompts_per_step, s.offline_fraction)
+        self.sampler = PromptSampler(train_prompts, s.prompts_per_step, cfg.seed, cfg.data.shuffle)
+        self.replay = replay if replay is not None or self.plan.offline == 0 else replay_source(cfg, train_prompts)
         self.run_dir = run_dir
         self.version = 0
         self.step_index = 0
@@ -44,8 +49,13 @@ class Driver:
 
     # ------------------------------------------------------------------ stages
 
+    def draw(self, need: BatchPlan) -> tuple[list[RolloutGroup], list[Prompt]]:
+        """Recorded groups to replay and prompts to generate for, as many as `need` asks."""
+        replayed = self.replay.take(need.offline) if need.offline else []
+        return replayed, self.sampler.take(need.online)
+
     def generate(self, prompts: list[Prompt]) -> list[RolloutGroup]:
-        return self.roles.rollout.generate(prompts, self.roles.train_sampling)
+        return self.roles.rollout.generate(prompts, self.roles.train_sampling) if prompts else []
 
     def score(self, groups: list[RolloutGroup]) -> list[ScoredGroup]:
         """Rewards, reference log-probs and critic values run concurrently on their actors."""
@@ -68,41 +78,52 @@ class Driver:
         self.version += 1
         return self.roles.sync_weights(self.version)
 
-    # ------------------------------------------------------------------ one step
+    def collect(self, timer: StageTimer) -> BatchFill:
+        """draw -> generate -> score, once; with dynamic sampling, again for the groups dropped,
+        until the batch is full or the extra rounds are spent (rlsys/sampling.py)."""
+        s = self.cfg.sampling
+        fill = BatchFill(self.plan, s.dynamic_sampling, s.max_resample_rounds)
+        while (need := fill.request()) is not None:
+            with timer.stage("sample"):
+                replayed, prompts = self.draw(need)
+            with timer.stage("generate"):
+                generated = self.generate(prompts)
+            with timer.stage("score"):
+                # Replayed groups are re-scored with this run's rewards, like generated ones.
+                scored = self.score(replayed + generated)
+            fill.add(scored[: len(replayed)], offline=True)
+            fill.add(scored[len(replayed):], offline=False)
+        return fill
 
-    def step(self) -> dict[str, float]:
-        """One training step; advances `step_index` (the data position is the sampler's)."""
-        self.step_index += 1
-        timer = StageTimer()
-        with timer.stage("sample"):
-            prompts = self.sampler.next_batch()
-        with timer.stage("generate"):
-            groups = self.generate(prompts)
-        with timer.stage("score"):
-            scored = self.score(groups)
-        with timer.stage("record"):
-            self.recorder.write(self.step_index, scored)
+    def learn(self, scored: list[ScoredGroup], timer: StageTimer) -> dict[str, float]:
+        """advantages -> update -> sync on the step's batch; -> their metrics."""
         with timer.stage("advantages"):
             batch, batch_stats = self.advantages(scored)
         with timer.stage("update"):
             learner_metrics, critic_metrics = self.update(batch)
         with timer.stage("sync"):
             sync_seconds = self.sync()
+        return {**flatten("batch", batch_stats), **flatten("learner", learner_metrics),
+                **(flatten("critic", critic_metrics) if critic_metrics is not None else {}),
+                "sync/seconds": sync_seconds}
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> dict[str, float]:
+        """One training step; advances `step_index` (the data positions are the samplers')."""
+        self.step_index += 1
+        timer = StageTimer()
+        fill = self.collect(timer)
+        with timer.stage("record"):
+            self.recorder.write(self.step_index, fill.seen)  # dropped groups too: the full record
+        row = {**fill.metrics(), **_reward_metrics(fill.seen)}
+        if fill.batch:
+            row.update(self.learn(fill.batch, timer))
+        # else dynamic sampling dropped every group (all rewards equal: nothing to learn), so no
+        # update and no sync this step; sampling/batch_groups = 0 records it.
         times = timer.finish()
-        tokens = sum(len(r.response_token_ids) for g in groups for r in g.rollouts)
-        row = {
-            **flatten("batch", batch_stats),
-            **_reward_metrics(scored),
-            **flatten("learner", learner_metrics),
-            **(flatten("critic", critic_metrics) if critic_metrics is not None else {}),
-            **times,
-            "sync/seconds": sync_seconds,
-            "policy/version": self.version,
-            "throughput/samples_per_s": len(batch.samples) / times["time/step"],
-            "throughput/tokens_per_s": tokens / times["time/step"],
-            "throughput/gen_tokens_per_s": tokens / max(times["time/generate"], 1e-9),
-            **self.roles.peak_memory_mb(),
-        }
+        row.update({**times, **_throughput(fill, times), "policy/version": self.version,
+                    **self.roles.peak_memory_mb()})
         return row
 
     # ------------------------------------------------------------------ run
@@ -145,7 +166,9 @@ class Driver:
         path.mkdir(parents=True, exist_ok=True)
         self.roles.save_checkpoint(path)
         state = {"step": self.step_index, "version": self.version,
-                 "sampler": dataclasses.asdict(self.sampler.state), "config": to_dict(self.cfg)}
+                 "sampler": dataclasses.asdict(self.sampler.state),
+                 "replay_sampler": dataclasses.asdict(self.replay.state) if self.replay is not None else None,
+                 "config": to_dict(self.cfg)}
         (path / "driver_state.json").write_text(json.dumps(state, indent=2))
 
     def load_checkpoint(self, path: Path) -> None:
@@ -155,7 +178,17 @@ class Driver:
         self.roles.load_checkpoint(path)
         self.step_index, self.version = state["step"], state["version"]
         self.sampler.load_state(SamplerState(**state["sampler"]))
+        if self.replay is not None and state.get("replay_sampler"):
+            self.replay.load_state(SamplerState(**state["replay_sampler"]))
         self.roles.sync_weights(self.version)
+
+
+def _throughput(fill: BatchFill, times: dict[str, float]) -> dict[str, float]:
+    trained = [r for sg in fill.batch for r in sg.group.rollouts]
+    return {"throughput/samples_per_s": len(trained) / times["time/step"],
+            "throughput/tokens_per_s": sum(len(r.response_token_ids) for r in trained) / times["time/step"],
+            # Engine tokens only (replayed groups were not generated); 0 when nothing was.
+            "throughput/gen_tokens_per_s": fill.stats.generated_tokens / max(times.get("time/generate", 0.0), 1e-9)}
 
 
 def _reward_metrics(scored: list[ScoredGroup]) -> dict[str, float]:

@@ -1,6 +1,9 @@
 """Starts every role's actors in one placement group and wires the weight-sync group."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rlsys.config import RunConfig
 from rlsys.distributed.placement import bundle_options, create_placement_group, plan_roles
 from rlsys.distributed.roles import (CriticGroup, LearnerGroup, ReferenceClient, RewardClient, Roles,
@@ -31,6 +34,20 @@ def critic_kwargs(cfg: RunConfig) -> dict:
             "value_clip": c.value_clip, "total_steps": cfg.total_steps, "dtype": cfg.model.dtype,
             "seed": cfg.seed, "backend": cfg.learner.backend, "grad_clip": cfg.learner.grad_clip,
             "ppo_epochs": cfg.learner.ppo_epochs, "mini_batches_per_step": cfg.learner.mini_batches}
+
+
+def reward_args(cfg: RunConfig) -> tuple:
+    """RewardActor's constructor arguments."""
+    r = cfg.reward
+    return ([(c.name, c.weight) for c in r.components], r.timeout_s, r.num_workers, r.reward_model,
+            r.reward_model_weight, cfg.model.dtype)
+
+
+def train_sampling(cfg: RunConfig):
+    from actors.rollout import SamplingSettings
+
+    ro = cfg.rollout
+    return SamplingSettings(ro.n, ro.temperature, ro.top_p, ro.max_new_tokens)
 
 
 def _rendezvous(pg, bundle: int, resources: dict) -> tuple[str, int]:
@@ -88,10 +105,7 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
                  # Same temperature as the learner: the KL compares the two tempered distributions.
                  .remote(cfg.reference.path or model_path, cfg.model.dtype,
                          temperature=cfg.rollout.temperature) if needs_reference else None)
-    r = cfg.reward
-    reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(
-        [(c.name, c.weight) for c in r.components], r.timeout_s, r.num_workers, r.reward_model,
-        r.reward_model_weight, cfg.model.dtype)
+    reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(*reward_args(cfg))
     ready = [a.ready.remote() for a in learners + (critics or [])] + ([reference.ready.remote()] if reference else [])
     ready += [e.policy_version.remote() for e in engines]
     ray.get(ready)
@@ -104,11 +118,50 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
         refs = [a.init_weight_sync.remote(host, port, world, backend, cfg.learner.sync_bucket_mb) for a in learners]
         refs += [e.open_weight_sync.remote(host, port, world, i + 1, backend) for i, e in enumerate(engines)]
         ray.get(refs)
-    ro = cfg.rollout
     return Roles(
         cfg=cfg, rollout=RolloutPool(engines), reward=RewardClient(reward),
         reference=ReferenceClient(reference) if reference else None, learner=LearnerGroup(learners),
         critic=CriticGroup(critics) if critics else None,
-        train_sampling=SamplingSettings(ro.n, ro.temperature, ro.top_p, ro.max_new_tokens),
+        train_sampling=train_sampling(cfg),
         eval_sampling=SamplingSettings(1, 0.0, 1.0, cfg.eval.max_new_tokens),
         placement_group=pg, sync_backend=backend)
+
+
+@dataclass
+class GenerationRoles:
+    """Engines and the reward actor without a learner (`rlsys rollout`)."""
+
+    rollout: RolloutPool
+    reward: RewardClient
+    train_sampling: Any
+    placement_group: Any
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in list(self.rollout.actors) + [self.reward.actor]:
+            ray.kill(a)
+        remove_placement_group(self.placement_group)
+
+
+def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
+    import ray
+
+    from actors.reward import RewardActor
+    from actors.rollout import RolloutActor
+    from launch.cluster import runtime_env_vars
+    from launch.evaluate import engine_kwargs
+
+    env = runtime_env_vars(cfg)
+    plan = plan_roles(cfg, needs_reference=False, training=False)
+    pg = create_placement_group(plan, cfg.resources.colocate)
+
+    def place(index):
+        return {**bundle_options(pg, index, plan.bundles[index]), "runtime_env": {"env_vars": env}}
+
+    engines = [ray.remote(RolloutActor).options(**place(i)).remote(model_path, engine_kwargs(cfg))
+               for i in plan.engines]
+    reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(*reward_args(cfg))
+    ray.get([e.policy_version.remote() for e in engines])
+    return GenerationRoles(RolloutPool(engines), RewardClient(reward), train_sampling(cfg), pg)

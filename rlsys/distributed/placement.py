@@ -27,11 +27,15 @@ class RolePlan:
         return len(self.bundles) - 1
 
 
-def plan_roles(cfg: RunConfig, needs_reference: bool) -> RolePlan:
+def plan_roles(cfg: RunConfig, needs_reference: bool, training: bool = True) -> RolePlan:
+    """Bundles of every role; `training=False`: engines and the reward actor only (`rlsys rollout`)."""
     res = cfg.resources
     plan = RolePlan()
     for _ in range(cfg.rollout.num_engines):
         plan.engines.append(plan.add({"CPU": res.cpus_per_engine, "GPU": res.gpus_per_engine}))
+    if not training:
+        plan.reward = plan.add({"CPU": res.cpus_reward})
+        return plan
     for _ in range(cfg.learner.num_ranks):
         plan.learners.append(plan.add({"CPU": res.cpus_per_learner, "GPU": res.gpus_per_learner}))
     if cfg.critic.enabled:

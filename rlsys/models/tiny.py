@@ -31,8 +31,7 @@ SIZES: dict[str, dict[str, Any]] = {
         max_vocab=1024,
         # At the usual 0.02 the 64-wide model never learned to read the image (single-shape
         # colour stayed at chance after 400 SFT steps: attention from the answer to the 4 image
-        # tokens stays uniform); at 0.1 it reaches 99% in 100 steps. See
-        # bench/results/warmstart_calibration.md.
+        # tokens stays uniform); at 0.1 it reaches 99% in 100 steps.
         initializer_range=0.1,
         text=dict(hidden_size=64, intermediate_size=384, num_hidden_layers=6,
                   num_attention_heads=2, num_key_value_heads=1, mrope_section=[4, 6, 6]),

@@ -1,13 +1,20 @@
 """Cold-start warm start: a short supervised fine-tune on task demonstrations before RL.
 
 A randomly initialised tiny VLM never writes `<think>..</think><answer>..</answer>`, so every
-GRPO group would score the same and carry no signal. A few SFT steps on task demonstrations
-teach the R1 format (and the end-of-turn token, so generation stops) while leaving accuracy
-well below the ceiling, so RL has room to improve it.
+GRPO group would score the same and carry no signal. SFT on demonstrations teaches the R1
+format and the task.
+
+The embedded default stands in for a pretrained model that can solve the task but often does
+not try: a `guess_fraction` of its demonstrations answer without looking
+(`<think>I will guess.</think>` and an answer drawn from other rows), the rest reason from the
+image. The warm-started model knows both behaviours and, greedily, guesses; RL has to find
+that looking pays (reward, accuracy and response length rise together). A 1M-parameter model
+cannot learn to see from a few hundred sampled rewards on 2 CPU cores, but it can learn which
+of its behaviours to use, which is what RL does for real R1-style models.
 
 Plain torch + transformers (no Ray); deterministic given the seed and the thread count.
-The defaults below come from bench/warmstart_calibration.py, whose numbers are in
-bench/results/warmstart_calibration.md.
+The defaults below come from bench/warmstart_mixture.py (numbers in
+bench/results/warmstart_mixture.md).
 """
 from __future__ import annotations
 
@@ -23,16 +30,20 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from rlsys.data.synthetic import demonstration
 from rlsys.data.templates import R1_SYSTEM_PROMPT, build_messages
 from rlsys.protocol import Prompt
 
 logger = logging.getLogger(__name__)
 
-# Calibrated on the embedded default (tiny model, count_color, 56 px images, 2048 train rows):
-# see bench/results/warmstart_calibration.md. Format ~100%, held-out greedy accuracy in the
-# 20-50% band, a few tens of seconds on 2 CPU cores.
-DEFAULT_SFT_STEPS = 60
+# Calibrated on the embedded default (tiny model, majority_color, 56 px images, 2048 train rows,
+# bench/results/warmstart_mixture.md): after 300 steps at guess fraction 0.6 the greedy
+# response guesses (better than chance: the answer token still sees the image), sampled
+# looking is ~97% right, format ~100%; about 80 s on one CPU thread.
+DEFAULT_SFT_STEPS = 300
 DEFAULT_SFT_LR = 1e-3
+DEFAULT_GUESS_FRACTION = 0.6
+GUESS_REASONING = "I will guess."
 DEFAULT_SFT_BATCH_SIZE = 16
 DEFAULT_MAX_NEW_TOKENS = 48
 
@@ -68,7 +79,7 @@ def perception_demonstration(prompt: Union[Prompt, dict]) -> str:
     text, which it learns from pixels (~100% after ~1500 steps). Calibration: see the module
     docstring. Families without an entry fall back to the plain demonstration.
     """
-    from rlsys.data.synthetic import CELL, FAMILIES, demonstration
+    from rlsys.data.synthetic import CELL, FAMILIES
     from rlsys.data.templates import format_response
 
     meta = prompt.get("metadata") if isinstance(prompt, dict) else prompt.metadata
@@ -83,6 +94,32 @@ def perception_demonstration(prompt: Union[Prompt, dict]) -> str:
         cells[row * grid + col] = obj[attr]
     reasoning, answer = FAMILIES[meta["family"]].solve(meta["objects"], meta.get("target"))
     return format_response(f"{', '.join(cells)}. {reasoning}", answer)
+
+
+def guess_demonstration(answer: str) -> str:
+    """A response that answers without looking at the image."""
+    from rlsys.data.templates import format_response
+
+    return format_response(GUESS_REASONING, answer)
+
+
+def is_guess(response: str) -> bool:
+    return response.startswith(f"<think>{GUESS_REASONING}")
+
+
+def mixed_demonstrations(prompts: Sequence[Prompt], demonstrate: Callable[[Prompt], str],
+                         guess_fraction: float, seed: int) -> list[str]:
+    """One target response per prompt: round(guess_fraction * len) of them (a seeded choice)
+    guess an answer taken from another random prompt, so guesses follow the task's answer
+    distribution whatever the family; the rest are `demonstrate(prompt)`."""
+    if not 0.0 <= guess_fraction <= 1.0:
+        raise ValueError(f"guess_fraction must be in [0, 1], got {guess_fraction}")
+    rng = np.random.default_rng([seed, 7])  # its own stream: the SFT batch order stays the same
+    n = len(prompts)
+    guessing = set(rng.permutation(n)[: round(guess_fraction * n)].tolist())
+    donors = rng.integers(0, n, size=n)
+    return [guess_demonstration(str(prompts[int(donors[i])].answer)) if i in guessing
+            else demonstrate(p) for i, p in enumerate(prompts)]
 
 
 # ---- prompts -----------------------------------------------------------------------------
@@ -246,7 +283,8 @@ def sft_warm_start(
     warmup_steps: int = 5,
     max_grad_norm: float = 1.0,
     system_prompt: Optional[str] = R1_SYSTEM_PROMPT,
-    demonstrate: Callable[[Prompt], str] = perception_demonstration,
+    demonstrate: Callable[[Prompt], str] = demonstration,
+    guess_fraction: float = 0.0,
     num_threads: Optional[int] = 1,
     snapshot_steps: Sequence[int] = (),
     log_every: int = 0,
@@ -255,7 +293,8 @@ def sft_warm_start(
 
     rows_or_parquet: synthetic rows (dicts), Prompts, or a dataset file (e.g. train.parquet);
     they need the synthetic metadata the demonstration is derived from. demonstrate(prompt)
-    gives each target response (`synthetic.demonstration` for the one-sentence form). The loss
+    gives each target response (`synthetic.demonstration` for the one-sentence form);
+    guess_fraction of them are replaced by guesses (`mixed_demonstrations`). The loss
     covers the response tokens and the end-of-turn token only. steps=0 just copies the
     checkpoint (the "no warm start" baseline). seconds in the result is the whole call
     (load, encode, train, save). num_threads: see `_threads` (None keeps torch's setting).
@@ -269,8 +308,10 @@ def sft_warm_start(
         raise ValueError("sft_warm_start: no prompts to train on")
     with _threads(num_threads), torch.random.fork_rng(devices=[]):
         model, processor = load_model(model_dir)
-        examples = [encode_example(processor, p, demonstrate(p)) for p in prompts]
-        info = dict(demonstration=getattr(demonstrate, "__name__", str(demonstrate)), lr=lr,
+        targets = mixed_demonstrations(prompts, demonstrate, guess_fraction, seed)
+        examples = [encode_example(processor, p, t) for p, t in zip(prompts, targets)]
+        info = dict(demonstration=getattr(demonstrate, "__name__", str(demonstrate)),
+                    guess_fraction=guess_fraction, lr=lr,
                     batch_size=batch_size, seed=seed, num_rows=len(examples), source=str(model_dir))
 
         def record(n: int, losses: list[float]) -> dict:

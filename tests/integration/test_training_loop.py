@@ -7,7 +7,6 @@ at the next step), every logged metric is finite, stage times add up to the step
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # float32 everywhere: engine and learner run different kernels, so agreement is to rounding.
 LOGPROB_TOL = 2e-3
 SIGNAL_REWARD = f"{Path(__file__).with_name('signal_reward.py')}:distinct_chars"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    import ray
-
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def task_data(tmp_path_factory):
-    from rlsys.data.synthetic import write_synthetic_dataset
-
-    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), 64, 8, seed=0, families=["count_color"])
 
 
 def _run(tiny_model_dir, task_data, tmp_path, overrides, steps=2):

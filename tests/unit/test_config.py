@@ -39,12 +39,36 @@ def test_int_is_accepted_where_float_expected_but_not_the_reverse():
     ("algorithm.policy_loss=nope", r"algorithm.policy_loss = 'nope': must be one of .*ppo_clip"),
     ("algorithm.kl_estimator=k9", r"algorithm.kl_estimator = 'k9': must be one of k1, k2, k3"),
     ("sampling.mode=offline", r"sampling.offline_path = null: sampling.mode = 'offline' needs"),
+    ("sampling.max_staleness=2", r"sampling.max_staleness = 2: asynchronous generation is not implemented yet"),
+    ("sampling.offline_path=runs/x", r"sampling.offline_path = 'runs/x': only sampling.mode = 'offline' or 'mixed'"),
+    ("sampling.offline_fraction=0.5", r"sampling.offline_fraction = 0.5: only sampling.mode = 'mixed' uses it"),
     ("learner.micro_batch_size=true", r"learner.micro_batch_size = True: must be an integer"),
     ("reward.components=[{name: no_such_reward}]", r"reward.components\[0\].name = 'no_such_reward': must be one of"),
 ])
 def test_invalid_settings_name_field_and_allowed(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(DEFAULT, [override])
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], r"sampling.offline_fraction = null: sampling.mode = 'mixed' needs"),
+    (["sampling.offline_fraction=0.02"], r"offline_fraction = 0.02: with prompts_per_step = 16 that is 0 replayed"),
+    (["sampling.offline_fraction=0.98"], r"offline_fraction = 0.98: with prompts_per_step = 16 that is 16 replayed"),
+    (["sampling.offline_fraction=1.5"], r"sampling.offline_fraction = 1.5: must be <= 1.0"),
+])
+def test_mixed_sampling_needs_a_fraction_that_mixes(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(DEFAULT, ["sampling.mode=mixed", "sampling.offline_path=runs/x", *overrides])
+    cfg = load_config(DEFAULT, ["sampling.mode=mixed", "sampling.offline_path=runs/x", "sampling.offline_fraction=0.25"])
+    assert cfg.sampling.offline_fraction == 0.25
+
+
+def test_sampling_ablation_arms_differ_only_in_sampling():
+    arms = {name: to_dict(load_config(ROOT / f"configs/ablation/{name}.yaml")) for name in ("online", "offline", "mixed")}
+    for cfg in arms.values():
+        cfg.pop("name")
+        cfg.pop("sampling")
+    assert arms["online"] == arms["offline"] == arms["mixed"]
 
 
 def test_ppo_with_critic_is_valid():
@@ -87,6 +111,13 @@ def test_cli_invalid_setting_exits_nonzero_with_one_line(override, field):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and field in lines[0] and "Traceback" not in out.stderr
     assert "must" in lines[0] or "allowed" in lines[0]
+
+
+def test_cli_rollout_rejects_a_bad_prompt_count_before_starting_anything():
+    out = _cli("rollout", "--max-prompts", "0")
+    assert out.returncode == 2 and out.stderr.strip() == "rlsys: rollout --max-prompts = 0: must be >= 1"
+    out = _cli("rollout", "sampling.max_staleness=1")
+    assert out.returncode == 2 and "sampling.max_staleness = 1: asynchronous generation is not implemented" in out.stderr
 
 
 def test_library_imports_stay_light():

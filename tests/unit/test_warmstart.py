@@ -1,7 +1,7 @@
 """Cold-start SFT warm start: masking, loss going down, saved checkpoint, determinism.
 
 Fast (a few optimizer steps of the ~1M-parameter tiny model on a handful of rows); the
-calibration of the real defaults is bench/warmstart_calibration.py.
+calibration of the real defaults is bench/warmstart_mixture.py.
 """
 from __future__ import annotations
 
@@ -123,3 +123,28 @@ def test_zero_steps_copies_the_checkpoint(tiny_model_dir, rows, tmp_path):
     assert res.steps == 0
     assert _fixed_batch_loss(tmp_path / "copy", rows) == pytest.approx(
         _fixed_batch_loss(tiny_model_dir, rows), abs=1e-6)
+
+
+def test_mixed_demonstrations_guess_the_configured_share_from_the_answer_distribution():
+    rows = generate_task_rows("majority_color", 40, seed=3)
+    prompts = ws.as_prompts(rows)
+    targets = ws.mixed_demonstrations(prompts, demonstration, guess_fraction=0.6, seed=0)
+    guesses = [t for t in targets if ws.is_guess(t)]
+    assert len(guesses) == 24  # round(0.6 * 40), exactly
+    answers = {p.answer for p in prompts}
+    for t in guesses:
+        assert t.startswith("<think>I will guess.</think><answer>")
+        assert t.split("<answer>")[1].removesuffix("</answer>") in answers
+    looked = [(p, t) for p, t in zip(prompts, targets) if not ws.is_guess(t)]
+    assert len(looked) == 16 and all(t == demonstration(p) for p, t in looked)
+    # Seeded: the same seed picks the same rows, another seed other rows.
+    assert ws.mixed_demonstrations(prompts, demonstration, 0.6, seed=0) == targets
+    assert ws.mixed_demonstrations(prompts, demonstration, 0.6, seed=1) != targets
+
+
+def test_mixed_demonstrations_edges_and_bad_fraction():
+    prompts = ws.as_prompts(generate_task_rows("majority_color", 5, seed=0))
+    assert ws.mixed_demonstrations(prompts, demonstration, 0.0, seed=0) == [demonstration(p) for p in prompts]
+    assert all(ws.is_guess(t) for t in ws.mixed_demonstrations(prompts, demonstration, 1.0, seed=0))
+    with pytest.raises(ValueError, match="guess_fraction must be in"):
+        ws.mixed_demonstrations(prompts, demonstration, 1.5, seed=0)
