@@ -50,6 +50,19 @@ def node_ip() -> str:
     return "127.0.0.1"
 
 
+def node_id() -> str | None:
+    """Ray's id of the node this process runs on (hex); None outside Ray. Lets the driver and tests
+    see where the placement group actually put a role."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:
+        pass
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on this node now (for a rendezvous this process will host)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from actors import free_port, init_torch_distributed, node_ip
+from actors import free_port, init_torch_distributed, node_id, node_ip
 
 
 class LearnerActor:
@@ -26,7 +26,7 @@ class LearnerActor:
         self.sender = None
 
     def ready(self) -> dict:
-        return {"rank": self.learner.rank, "world": self.learner.world}
+        return {"rank": self.learner.rank, "world": self.learner.world, "node_id": node_id()}
 
     def train_step(self, batch):
         """TrainBatch (this rank's shard) -> LearnerMetrics (same on all ranks)."""

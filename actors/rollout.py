@@ -23,11 +23,14 @@ class RolloutActor:
         self.engine = VLLMEngine(model_path, **engine_kwargs)
         self.version = 0
         self._receiver = None
+        self.prompts_generated = 0  # every generate call's prompts, evaluation included
 
     def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[RolloutGroup]:
-        return self.engine.generate(prompts, n=sampling.n, temperature=sampling.temperature,
-                                    top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
-                                    policy_version=self.version)
+        groups = self.engine.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+                                      top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                      policy_version=self.version)
+        self.prompts_generated += len(groups)
+        return groups
 
     def open_weight_sync(self, host: str, port: int, world_size: int, rank: int, backend: str) -> None:
         """Joins the learner's weight-sync group; blocks until every member has joined."""
@@ -49,6 +52,14 @@ class RolloutActor:
 
     def policy_version(self) -> int:
         return self.version
+
+    def engine_info(self) -> dict:
+        """This engine as seen from inside: the node it runs on, the policy version it holds, and
+        how many prompts it has generated so far (checks placement, weight sync and balancing)."""
+        from actors import node_id
+
+        return {"node_id": node_id(), "policy_version": self.version,
+                "prompts_generated": self.prompts_generated}
 
     def peak_memory_mb(self) -> dict[str, float]:
         from rlsys.memory import peak_memory_mb

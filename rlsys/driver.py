@@ -113,10 +113,14 @@ class Driver:
         """One training step; advances `step_index` (the data positions are the samplers')."""
         self.step_index += 1
         timer = StageTimer()
+        done_before = list(self.roles.rollout.prompts_done)
         fill = self.collect(timer)
+        # Which engine generated how many of this step's prompts (the balancer's split).
+        engines = {f"rollout/engine_{i}_prompts": float(after - before)
+                   for i, (before, after) in enumerate(zip(done_before, self.roles.rollout.prompts_done))}
         with timer.stage("record"):
             self.recorder.write(self.step_index, fill.seen)  # dropped groups too: the full record
-        row = {**fill.metrics(), **_reward_metrics(fill.seen)}
+        row = {**fill.metrics(), **_reward_metrics(fill.seen), **engines}
         if fill.batch:
             row.update(self.learn(fill.batch, timer))
         # else dynamic sampling dropped every group (all rewards equal: nothing to learn), so no

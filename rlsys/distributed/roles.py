@@ -57,11 +57,16 @@ def _regroup(groups: list[RolloutGroup], flat: list) -> list[list[list[float]]]:
 
 
 class RolloutPool:
-    """N engines; a call's prompts go to the engines with the fewest outstanding prompts."""
+    """N engines; a call's prompts go to the engines with the fewest outstanding prompts.
+
+    `prompts_done[i]`: prompts engine i has returned groups for, cumulative (counted from what
+    came back, not from what was assigned); the driver logs its per-step difference.
+    """
 
     def __init__(self, actors: list):
         self.actors = actors
         self.outstanding = [0] * len(actors)
+        self.prompts_done = [0] * len(actors)
 
     def generate_async(self, prompts: list[Prompt], sampling) -> Pending:
         shares = [[] for _ in self.actors]
@@ -76,8 +81,9 @@ class RolloutPool:
                 self.outstanding[i] += len(share)
 
         def combine(parts):
-            for i, n in used:
+            for (i, n), part in zip(used, parts):
                 self.outstanding[i] -= n
+                self.prompts_done[i] += len(part)
             return _concat(parts)
 
         return Pending(refs, combine)

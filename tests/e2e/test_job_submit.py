@@ -52,7 +52,14 @@ def _kill_started(marker: str) -> None:
 def ray_head():
     temp = tempfile.mkdtemp(prefix="rlsys-e2e-", dir="/tmp")
     port, dash = _free_port(), _free_port()
+    # Every listener on a free port, not Ray's fixed defaults (dashboard agent 52365, ...): a Ray
+    # already running on this machine holds those, and then the job agent never comes up
+    # ("No available agent to submit job").
+    agent_ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+           *agent_ports,
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
            "--num-cpus=6", f"--temp-dir={temp}", "--disable-usage-stats"]
     subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
