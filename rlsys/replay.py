@@ -26,12 +26,11 @@ from typing import Any, Mapping, Sequence
 
 from rlsys.data import DataError
 from rlsys.protocol import Prompt, Rollout, RolloutGroup
+from rlsys.recording import SCHEMA_FIELDS
 
 FINISH_REASONS = ("stop", "length", "abort")
-# The columns replay needs; `reward`, `reward_components` and `step` are written but not needed.
-REQUIRED_COLUMNS = ("prompt_uid", "sample_index", "prompt_token_ids", "response_token_ids",
-                    "response_text", "behaviour_logprobs", "finish_reason", "policy_version",
-                    "image_hashes", "answer")
+# The recorder's columns that replay needs (rewards are re-scored, the step is not needed).
+REQUIRED_COLUMNS = tuple(c for c in SCHEMA_FIELDS if c not in ("step", "reward", "reward_components"))
 
 
 def replay_files(path: str | Path) -> list[Path]:

@@ -79,7 +79,6 @@ class PromptSampler(EpochSampler[Prompt]):
 
     def __init__(self, prompts: list[Prompt], batch_size: int, seed: int, shuffle: bool = True):
         super().__init__(prompts, seed, shuffle, _PROMPT_STREAM, what="training prompts")
-        self.prompts = self.items
         self.batch_size = batch_size
 
     def next_batch(self) -> list[Prompt]:

@@ -76,16 +76,31 @@ def _dp_group(actor_cls, pg, plan_bundles, bundles, model_path, kwargs, env):
             .remote(rank, world, host, port, model_path, kwargs) for rank, b in enumerate(plan_bundles)]
 
 
+def _start_engines_and_reward(cfg: RunConfig, model_path: str, plan, pg) -> tuple[list, object]:
+    """The rollout engines and the reward actor in their bundles (training and `rlsys rollout`)."""
+    import ray
+
+    from actors.reward import RewardActor
+    from actors.rollout import RolloutActor
+    from launch.cluster import runtime_env_vars
+    from launch.evaluate import engine_kwargs
+
+    env = {"env_vars": runtime_env_vars(cfg)}
+    engines = [ray.remote(RolloutActor).options(**bundle_options(pg, i, plan.bundles[i]), runtime_env=env)
+               .remote(model_path, engine_kwargs(cfg)) for i in plan.engines]
+    reward = (ray.remote(RewardActor).options(**bundle_options(pg, plan.reward, plan.bundles[plan.reward]),
+                                               runtime_env=env).remote(*reward_args(cfg)))
+    return engines, reward
+
+
 def start_roles(cfg: RunConfig, model_path: str) -> Roles:
     import ray
 
     from actors.critic import CriticActor
     from actors.learner import LearnerActor
     from actors.reference import ReferenceActor
-    from actors.reward import RewardActor
-    from actors.rollout import RolloutActor, SamplingSettings
+    from actors.rollout import SamplingSettings
     from launch.cluster import runtime_env_vars
-    from launch.evaluate import engine_kwargs
 
     env = runtime_env_vars(cfg)
     needs_reference = cfg.algorithm.kl_coef > 0
@@ -96,8 +111,7 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
     def place(index):
         return {**bundle_options(pg, index, b[index]), "runtime_env": {"env_vars": env}}
 
-    engines = [ray.remote(RolloutActor).options(**place(i)).remote(model_path, engine_kwargs(cfg))
-               for i in plan.engines]
+    engines, reward = _start_engines_and_reward(cfg, model_path, plan, pg)
     learners = _dp_group(LearnerActor, pg, plan.learners, b, model_path, learner_kwargs(cfg), env)
     critics = (_dp_group(CriticActor, pg, plan.critics, b, cfg.critic.path or model_path, critic_kwargs(cfg), env)
                if cfg.critic.enabled else None)
@@ -105,7 +119,6 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
                  # Same temperature as the learner: the KL compares the two tempered distributions.
                  .remote(cfg.reference.path or model_path, cfg.model.dtype,
                          temperature=cfg.rollout.temperature) if needs_reference else None)
-    reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(*reward_args(cfg))
     ready = [a.ready.remote() for a in learners + (critics or [])] + ([reference.ready.remote()] if reference else [])
     ready += [e.policy_version.remote() for e in engines]
     ray.get(ready)
@@ -148,20 +161,8 @@ class GenerationRoles:
 def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
     import ray
 
-    from actors.reward import RewardActor
-    from actors.rollout import RolloutActor
-    from launch.cluster import runtime_env_vars
-    from launch.evaluate import engine_kwargs
-
-    env = runtime_env_vars(cfg)
     plan = plan_roles(cfg, needs_reference=False, training=False)
     pg = create_placement_group(plan, cfg.resources.colocate)
-
-    def place(index):
-        return {**bundle_options(pg, index, plan.bundles[index]), "runtime_env": {"env_vars": env}}
-
-    engines = [ray.remote(RolloutActor).options(**place(i)).remote(model_path, engine_kwargs(cfg))
-               for i in plan.engines]
-    reward = ray.remote(RewardActor).options(**place(plan.reward)).remote(*reward_args(cfg))
+    engines, reward = _start_engines_and_reward(cfg, model_path, plan, pg)
     ray.get([e.policy_version.remote() for e in engines])
     return GenerationRoles(RolloutPool(engines), RewardClient(reward), train_sampling(cfg), pg)
