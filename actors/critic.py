@@ -26,10 +26,15 @@ class CriticActor:
 
     def compute_values(self, samples) -> list:
         """TrainSample-like records -> list of [R_i] float32 value tensors."""
-        return self.critic.compute_values(samples)
+        from rlsys.distributed.media_store import resolve_samples
+
+        return self.critic.compute_values(resolve_samples(samples))
 
     def train_step(self, batch):
         """TrainBatch (this rank's shard, with `returns`) -> CriticMetrics."""
+        from rlsys.distributed.media_store import resolve_samples
+
+        resolve_samples(batch.samples)  # ref-form images -> bytes (cached per process)
         return self.critic.train_step(batch)
 
     def save_checkpoint(self, ckpt_dir: str) -> None:

@@ -30,10 +30,15 @@ class LearnerActor:
 
     def train_step(self, batch):
         """TrainBatch (this rank's shard) -> LearnerMetrics (same on all ranks)."""
+        from rlsys.distributed.media_store import resolve_samples
+
+        resolve_samples(batch.samples)  # ref-form images -> bytes (cached per process)
         return self.learner.train_step(batch)
 
     def compute_logprobs(self, samples) -> list:
-        return self.learner.compute_logprobs(samples)
+        from rlsys.distributed.media_store import resolve_samples
+
+        return self.learner.compute_logprobs(resolve_samples(samples))
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
         self.learner.save_checkpoint(ckpt_dir)

@@ -1,6 +1,8 @@
 """Ray actor of the frozen reference policy. Launch: `ray.remote(num_cpus=...)(ReferenceActor)`."""
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
 
@@ -11,10 +13,20 @@ class ReferenceActor:
         from rlsys.reference import ReferenceModel
 
         self.model = ReferenceModel(model_path, dtype, **kwargs)
+        self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent calls
 
     def ready(self) -> bool:
         return True
 
     def compute_logprobs(self, samples) -> list:
         """TrainSample-like records -> list of [R_i] float32 tensors (reference log-probs)."""
-        return self.model.compute_logprobs(samples)
+        from rlsys.distributed.media_store import resolve_samples
+
+        start = time.time()
+        out = self.model.compute_logprobs(resolve_samples(samples))
+        self.calls.append((start, time.time()))
+        return out
+
+    def call_log(self) -> list[tuple[float, float]]:
+        """When recent `compute_logprobs` calls ran (time.time() start, end)."""
+        return list(self.calls)

@@ -2,6 +2,9 @@
 optional scalar reward model. One method per remote call."""
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from rlsys.protocol import RewardResult, RolloutGroup
 
 
@@ -17,15 +20,22 @@ class RewardActor:
             from rlsys.rewards.model import ScalarRewardModel
 
             self.reward_model = ScalarRewardModel(reward_model, dtype=dtype)
+        self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent score calls
 
     def score(self, groups: list[RolloutGroup]) -> list[RewardResult]:
+        start = time.time()
         results = self.scorer.score_groups(groups)
         if self.reward_model is not None:
             for group, result in zip(groups, results):
                 scores = self.reward_model.score(group)
                 result.components["reward_model"] = scores
                 result.rewards = [r + self.reward_model_weight * s for r, s in zip(result.rewards, scores)]
+        self.calls.append((start, time.time()))
         return results
+
+    def call_log(self) -> list[tuple[float, float]]:
+        """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""
+        return list(self.calls)
 
     def failure_count(self) -> int:
         return int(self.scorer.stats().get("failures", 0))

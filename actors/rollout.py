@@ -26,11 +26,30 @@ class RolloutActor:
         self.prompts_generated = 0  # every generate call's prompts, evaluation included
 
     def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[RolloutGroup]:
-        groups = self.engine.generate(prompts, n=sampling.n, temperature=sampling.temperature,
+        from rlsys.distributed.media_store import resolve_prompts
+
+        # The engine gets image bytes (fetched once per image into this process's cache); the
+        # groups go back with the caller's prompts, so ref-form prompts return no image bytes.
+        groups = self.engine.generate(resolve_prompts(prompts), n=sampling.n, temperature=sampling.temperature,
                                       top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
                                       policy_version=self.version)
+        for group, prompt in zip(groups, prompts):
+            group.prompt = prompt
         self.prompts_generated += len(groups)
         return groups
+
+    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSettings):
+        """Ray streaming generator: yields (index in `prompts`, RolloutGroup) as soon as each
+        prompt's samples finish, in completion order (vLLM's continuous batching)."""
+        from rlsys.distributed.media_store import resolve_prompts
+
+        for group in self.engine.generate_stream(resolve_prompts(prompts), n=sampling.n,
+                                                 temperature=sampling.temperature, top_p=sampling.top_p,
+                                                 max_tokens=sampling.max_new_tokens, policy_version=self.version):
+            self.prompts_generated += 1
+            index = self.engine.last_index
+            group.prompt = prompts[index]  # the caller's (ref-form) prompt: no image bytes go back
+            yield index, group
 
     def open_weight_sync(self, host: str, port: int, world_size: int, rank: int, backend: str) -> None:
         """Joins the learner's weight-sync group; blocks until every member has joined."""

@@ -24,7 +24,8 @@ def engine_kwargs(cfg: RunConfig) -> dict:
     r = cfg.rollout
     return {"tensor_parallel_size": r.tensor_parallel_size, "dtype": cfg.model.dtype,
             "max_model_len": r.max_model_len, "gpu_memory_utilization": r.gpu_memory_utilization,
-            "seed": cfg.seed, "enforce_eager": r.enforce_eager}
+            "seed": cfg.seed, "enforce_eager": r.enforce_eager,
+            **({"max_num_seqs": r.max_num_seqs} if r.max_num_seqs else {})}
 
 
 def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:

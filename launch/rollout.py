@@ -38,6 +38,9 @@ def record_rollouts(cfg: RunConfig, max_prompts: Optional[int] = None) -> Path:
     ray = connect(cfg)
     roles = start_generation(cfg, model_path)
     try:
+        from rlsys.distributed.media_store import MediaStore
+
+        prompts = MediaStore().offload(prompts)  # each image into the object store once
         b = cfg.sampling.prompts_per_step
         for step, start in enumerate(range(0, len(prompts), b), start=1):
             groups = roles.rollout.generate(prompts[start:start + b], roles.train_sampling)

@@ -53,6 +53,7 @@ def run_training(cfg: RunConfig) -> int:
     roles = start_roles(cfg, model_path)
     try:
         driver = Driver(cfg, roles, train, test, run_dir, replay=replay)
+        del train, test  # the driver keeps the prompts with object-store image refs, not bytes
         if cfg.checkpoint.resume_from:
             driver.load_checkpoint(Path(cfg.checkpoint.resume_from))
         summary = driver.run()

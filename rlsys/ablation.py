@@ -174,10 +174,13 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def report_markdown(arms: list[ArmResult], command: Optional[str] = None) -> str:
+SAMPLING_TITLE = "Sampling ablation: online / offline / mixed"
+
+
+def report_markdown(arms: list[ArmResult], command: Optional[str] = None, title: str = SAMPLING_TITLE) -> str:
     """table.md: the table, what its columns mean, the run directories and (if given) the command."""
     notes = [
-        "# Sampling ablation: online / offline / mixed", "",
+        f"# {title}", "",
         markdown_table(arms),
         "*acc*: held-out accuracy before and after training (greedy, `summary.json`); *gain* = after "
         "- before. *loop*: `summary.json` seconds (evaluations, steps, final checkpoint, HF export). "
@@ -221,12 +224,13 @@ def plot_accuracy(arms: list[ArmResult], out: Path) -> None:
     plt.close(fig)
 
 
-def summarize(run_dirs: list[Path], out_dir: Path, command: Optional[str] = None) -> tuple[Path, Path]:
+def summarize(run_dirs: list[Path], out_dir: Path, command: Optional[str] = None,
+              title: str = SAMPLING_TITLE) -> tuple[Path, Path]:
     """Writes `table.md` and `accuracy.png` into `out_dir`; returns their paths."""
     arms = [load_arm(Path(d)) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table, png = out_dir / "table.md", out_dir / "accuracy.png"
-    table.write_text(report_markdown(arms, command))
+    table.write_text(report_markdown(arms, command, title))
     plot_accuracy(arms, png)
     return table, png

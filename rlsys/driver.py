@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -36,16 +37,26 @@ class Driver:
         `sampling.offline_path` when not given (launch reads it before any actor starts)."""
         self.cfg = cfg
         self.roles = roles
-        self.test_prompts = test_prompts[: cfg.eval.max_prompts]
+        # Each image into the object store once; the driver keeps and ships references only
+        # (rlsys/distributed/media_store.py). Callers drop their byte-holding lists to free them.
+        train_prompts = roles.offload_media(train_prompts)
+        self.test_prompts = roles.offload_media(test_prompts[: cfg.eval.max_prompts])
         s = cfg.sampling
         self.plan = plan_batch(s.mode, s.prompts_per_step, s.offline_fraction)
         self.sampler = PromptSampler(train_prompts, s.prompts_per_step, cfg.seed, cfg.data.shuffle)
         self.replay = replay if replay is not None or self.plan.offline == 0 else replay_source(cfg, train_prompts)
+        if replay is not None:  # joined to the caller's byte-holding prompts: rejoin by uid
+            from rlsys.distributed.media_store import rebind_groups
+
+            replay.items = rebind_groups(replay.items, train_prompts)
         self.run_dir = run_dir
         self.version = 0
         self.step_index = 0
         self.needs_reference = cfg.algorithm.kl_coef > 0
         self.recorder = RolloutRecorder(run_dir / "rollouts")
+        # Batches launched for this step and, asynchronously, the next max_staleness steps.
+        self.ahead: deque = deque()
+        self.launched_steps = 0
 
     # ------------------------------------------------------------------ stages
 
@@ -54,17 +65,27 @@ class Driver:
         replayed = self.replay.take(need.offline) if need.offline else []
         return replayed, self.sampler.take(need.online)
 
-    def generate(self, prompts: list[Prompt]) -> list[RolloutGroup]:
-        return self.roles.rollout.generate(prompts, self.roles.train_sampling) if prompts else []
+    def launch(self, need: BatchPlan):
+        """draw, then start generating and scoring (rlsys/distributed/streaming.py); no wait."""
+        replayed, prompts = self.draw(need)
+        return self.roles.launch(replayed, prompts, self.score_async)
 
-    def score(self, groups: list[RolloutGroup]) -> list[ScoredGroup]:
-        """Rewards, reference log-probs and critic values run concurrently on their actors."""
+    def launch_ahead(self) -> None:
+        """Keep the batches of this step and of the next `max_staleness` steps launched: the
+        engines generate those with the weights they hold now, while the learner trains."""
+        while len(self.ahead) <= self.cfg.sampling.max_staleness and self.launched_steps < self.cfg.total_steps:
+            self.ahead.append(self.launch(self.plan))
+            self.launched_steps += 1
+
+    def score_async(self, groups: list[RolloutGroup]):
+        """Rewards, reference log-probs and critic values, concurrently on their actors;
+        -> Pending of the groups' ScoredGroups."""
         rewards = self.roles.reward.score_async(groups)
         ref = self.roles.reference.logprobs_async(groups) if self.needs_reference else None
         values = self.roles.critic.values_async(groups) if self.roles.critic is not None else None
-        rewards, ref, values = self.roles.wait(rewards, ref, values)
-        return [ScoredGroup(g, r, None if ref is None else ref[i], None if values is None else values[i])
-                for i, (g, r) in enumerate(zip(groups, rewards))]
+        return self.roles.join(rewards, ref, values, combine=lambda rewards, ref, values: [
+            ScoredGroup(g, r, None if ref is None else ref[i], None if values is None else values[i])
+            for i, (g, r) in enumerate(zip(groups, rewards))])
 
     def advantages(self, scored: list[ScoredGroup]):
         return build_train_batch(scored, self.cfg.algorithm, self.cfg.advantage_estimator, self.version)
@@ -72,28 +93,34 @@ class Driver:
     def update(self, batch):
         critic = self.roles.critic.train_async(batch) if self.roles.critic is not None else None
         policy = self.roles.learner.train_async(batch)
-        return self.roles.wait(policy, critic)
+        # Engines generating ahead keep streaming into scoring while the learner trains.
+        return self.roles.pump.wait_pending(policy, critic)
 
     def sync(self) -> float:
         self.version += 1
         return self.roles.sync_weights(self.version)
 
-    def collect(self, timer: StageTimer) -> BatchFill:
-        """draw -> generate -> score, once; with dynamic sampling, again for the groups dropped,
-        until the batch is full or the extra rounds are spent (rlsys/sampling.py)."""
+    def collect(self, timer: StageTimer) -> tuple[BatchFill, list]:
+        """This step's launched batch, generated and scored; with dynamic sampling, more rounds
+        for the groups dropped until the batch is full or the extra rounds are spent
+        (rlsys/sampling.py). -> the fill and each round's stream timeline."""
         s = self.cfg.sampling
         fill = BatchFill(self.plan, s.dynamic_sampling, s.max_resample_rounds)
+        timelines = []
         while (need := fill.request()) is not None:
             with timer.stage("sample"):
-                replayed, prompts = self.draw(need)
-            with timer.stage("generate"):
-                generated = self.generate(prompts)
-            with timer.stage("score"):
-                # Replayed groups are re-scored with this run's rewards, like generated ones.
-                scored = self.score(replayed + generated)
-            fill.add(scored[: len(replayed)], offline=True)
-            fill.add(scored[len(replayed):], offline=False)
-        return fill
+                if fill.stats.rounds == 1:
+                    self.launch_ahead()
+                batch = self.ahead.popleft() if fill.stats.rounds == 1 else self.launch(need)
+            with timer.stage("generate"):  # scoring of early groups runs meanwhile
+                self.roles.pump.wait(lambda: not batch.generating)
+            with timer.stage("score"):  # what scoring is left after the last group arrived
+                replayed, generated = self.roles.pump.finish(batch)
+            fill.add(replayed, offline=True)
+            fill.add(generated, offline=False)
+            if batch.n_online:
+                timelines.append(batch.stats)
+        return fill, timelines
 
     def learn(self, scored: list[ScoredGroup], timer: StageTimer) -> dict[str, float]:
         """advantages -> update -> sync on the step's batch; -> their metrics."""
@@ -101,6 +128,8 @@ class Driver:
             batch, batch_stats = self.advantages(scored)
         with timer.stage("update"):
             learner_metrics, critic_metrics = self.update(batch)
+        with timer.stage("wait_ahead"):  # engines finish the batches they generate ahead
+            self.roles.pump.finish_generation()
         with timer.stage("sync"):
             sync_seconds = self.sync()
         return {**flatten("batch", batch_stats), **flatten("learner", learner_metrics),
@@ -114,13 +143,14 @@ class Driver:
         self.step_index += 1
         timer = StageTimer()
         done_before = list(self.roles.rollout.prompts_done)
-        fill = self.collect(timer)
+        fill, timelines = self.collect(timer)
         # Which engine generated how many of this step's prompts (the balancer's split).
         engines = {f"rollout/engine_{i}_prompts": float(after - before)
                    for i, (before, after) in enumerate(zip(done_before, self.roles.rollout.prompts_done))}
         with timer.stage("record"):
             self.recorder.write(self.step_index, fill.seen)  # dropped groups too: the full record
-        row = {**fill.metrics(), **_reward_metrics(fill.seen), **engines}
+        row = {**fill.metrics(), **_reward_metrics(fill.seen), **engines, **_stream_metrics(timelines),
+               **self._lag_metrics(fill.batch)}
         if fill.batch:
             row.update(self.learn(fill.batch, timer))
         # else dynamic sampling dropped every group (all rewards equal: nothing to learn), so no
@@ -129,6 +159,15 @@ class Driver:
         row.update({**times, **_throughput(fill, times), "policy/version": self.version,
                     **self.roles.peak_memory_mb()})
         return row
+
+    def _lag_metrics(self, batch: list[ScoredGroup]) -> dict[str, float]:
+        """Policy versions the generated samples lag the weights they train (0 on-policy)."""
+        lags = [self.version - r.policy_version for sg in batch if sg.group.finished_at
+                for r in sg.group.rollouts]
+        if not lags:
+            return {}
+        return {"async/version_lag_mean": sum(lags) / len(lags), "async/version_lag_max": float(max(lags)),
+                "async/batches_ahead": float(len(self.ahead))}
 
     # ------------------------------------------------------------------ run
 
@@ -181,10 +220,22 @@ class Driver:
         state = json.loads((path / "driver_state.json").read_text())
         self.roles.load_checkpoint(path)
         self.step_index, self.version = state["step"], state["version"]
+        self.launched_steps = self.step_index
         self.sampler.load_state(SamplerState(**state["sampler"]))
         if self.replay is not None and state.get("replay_sampler"):
             self.replay.load_state(SamplerState(**state["replay_sampler"]))
         self.roles.sync_weights(self.version)
+
+
+def _stream_metrics(timelines: list) -> dict[str, float]:
+    """The first generating round's timeline (later dynamic-sampling rounds are small top-ups);
+    none when nothing was generated (offline)."""
+    if not timelines:
+        return {}
+    t = timelines[0]
+    return {"stream/first_group_s": t.first_group_s, "stream/first_scored_s": t.first_scored_s,
+            "stream/generation_s": t.generation_s, "stream/scoring_overlap": t.overlap_fraction,
+            "stream/peak_scoring_groups": float(t.peak_scoring)}
 
 
 def _throughput(fill: BatchFill, times: dict[str, float]) -> dict[str, float]:

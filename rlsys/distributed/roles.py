@@ -6,11 +6,13 @@ all with one `ray.get`, so stages that can overlap (rewards, reference, critic) 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from rlsys.config import RunConfig
+from rlsys.distributed.media_store import MediaStore
+from rlsys.distributed.streaming import InFlightBatch, StreamPump
 from rlsys.protocol import Prompt, RolloutGroup, TrainBatch, TrainSample
 
 
@@ -30,8 +32,15 @@ def wait(*pending: Optional[Pending]) -> tuple:
     return tuple(None if p is None else p.combine([next(values) for _ in p.refs]) for p in pending)
 
 
-def _concat(parts: list[list]) -> list:
-    return [x for part in parts for x in part]
+def join(*pending: Optional[Pending], combine: Callable[..., Any]) -> Pending:
+    """One Pending of several: `combine(value_1, ..., value_n)` (None for a None pending)."""
+    refs = [r for p in pending if p is not None for r in p.refs]
+
+    def combined(parts: list):
+        values = iter(parts)
+        return combine(*(None if p is None else p.combine([next(values) for _ in p.refs]) for p in pending))
+
+    return Pending(refs, combined)
 
 
 def scoring_samples(groups: list[RolloutGroup]) -> list[TrainSample]:
@@ -68,23 +77,51 @@ class RolloutPool:
         self.outstanding = [0] * len(actors)
         self.prompts_done = [0] * len(actors)
 
-    def generate_async(self, prompts: list[Prompt], sampling) -> Pending:
-        shares = [[] for _ in self.actors]
-        for p in prompts:
+    def _split(self, prompts: list[Prompt]) -> list[list[int]]:
+        """Prompt indices per engine: each prompt to the engine with the fewest outstanding."""
+        shares: list[list[int]] = [[] for _ in self.actors]
+        for j in range(len(prompts)):
             i = min(range(len(self.actors)), key=lambda k: (self.outstanding[k] + len(shares[k]), k))
-            shares[i].append(p)
+            shares[i].append(j)
+        return shares
+
+    def stream(self, prompts: list[Prompt], sampling, window: int) -> list:
+        """Start every engine's share as a streaming generator (rlsys/distributed/streaming.py);
+        an engine pauses once `window` of its groups are yielded and not yet taken."""
+        from rlsys.distributed.streaming import EngineStream
+
+        out = []
+        for i, share in enumerate(self._split(prompts)):
+            if not share:
+                continue
+            gen = (self.actors[i].generate_stream
+                   .options(num_returns="streaming", _generator_backpressure_num_objects=window)
+                   .remote([prompts[j] for j in share], sampling))
+            self.outstanding[i] += len(share)
+            out.append(EngineStream(gen, share, lambda i=i: self._taken(i, 1)))
+        return out
+
+    def _taken(self, i: int, n: int) -> None:
+        self.outstanding[i] -= n
+        self.prompts_done[i] += n
+
+    def generate_async(self, prompts: list[Prompt], sampling) -> Pending:
+        """Every engine's share in one reply each; -> Pending of all groups in prompt order."""
+        shares = self._split(prompts)
         refs, used = [], []
         for i, share in enumerate(shares):
             if share:
-                refs.append(self.actors[i].generate.remote(share, sampling))
-                used.append((i, len(share)))
+                refs.append(self.actors[i].generate.remote([prompts[j] for j in share], sampling))
+                used.append((i, share))
                 self.outstanding[i] += len(share)
 
         def combine(parts):
-            for (i, n), part in zip(used, parts):
-                self.outstanding[i] -= n
-                self.prompts_done[i] += len(part)
-            return _concat(parts)
+            groups: list = [None] * len(prompts)
+            for (i, share), part in zip(used, parts):
+                self._taken(i, len(part))
+                for j, g in zip(share, part):
+                    groups[j] = g
+            return groups
 
         return Pending(refs, combine)
 
@@ -158,8 +195,23 @@ class Roles:
     eval_sampling: Any
     placement_group: Any = None
     sync_backend: str = "gloo"
+    pump: StreamPump = field(default_factory=StreamPump)
+    media: MediaStore = field(default_factory=MediaStore)  # each image once in the object store
 
     wait = staticmethod(wait)
+    join = staticmethod(join)
+
+    def launch(self, replayed: list[RolloutGroup], prompts: list[Prompt], score_async) -> InFlightBatch:
+        """Start a batch: replayed groups' scoring now, and generation for `prompts` (streamed
+        into scoring group by group, or one reply per engine; `rollout.stream`). Nothing waits."""
+        ro = self.cfg.rollout
+        streams = reply = None
+        if prompts and ro.stream:
+            streams = self.rollout.stream(prompts, self.train_sampling, ro.stream_window)
+        elif prompts:
+            reply = self.rollout.generate_async(prompts, self.train_sampling)
+        return self.pump.add(InFlightBatch(replayed, len(prompts), score_async, ro.max_scoring_groups,
+                                           streams=streams, reply=reply))
 
     def sync_weights(self, version: int) -> float:
         """Learner -> every engine; returns seconds. Collective: all learner ranks take part."""
@@ -176,6 +228,11 @@ class Roles:
             for bucket in buckets:
                 ray.get([e.load_weights.remote(bucket, version) for e in self.rollout.actors])
         return time.perf_counter() - t0
+
+    def offload_media(self, prompts: list[Prompt]) -> list[Prompt]:
+        """`prompts` with ref-form images: each distinct image put into the object store once
+        (rlsys/distributed/media_store.py), so the driver holds and ships no image bytes."""
+        return self.media.offload(prompts)
 
     def peak_memory_mb(self) -> dict[str, float]:
         import ray

@@ -141,7 +141,7 @@ class VLLMEngine:
         # Placeholders are never sampled; the learner applies the same bias (forward.py).
         self.logit_bias = {i: SUPPRESS_BIAS for i in suppressed_token_ids(self.processor)}
         self.policy_version = 0
-        self._last_index = -1  # prompt index of the group generate_stream yielded last
+        self.last_index = -1  # index in `prompts` of the group generate_stream yielded last
         self._staged: list = []  # (name, tensor) of a weight update still in progress
         self._expected = checkpoint_tensor_names(self.model_path)
 
@@ -194,7 +194,7 @@ class VLLMEngine:
                     idx = by_id.get(str(out.request_id))
                     if idx is None:  # not ours (someone else's request): ignore
                         continue
-                    self._last_index = idx
+                    self.last_index = idx
                     yield self._to_group(prompts[idx], out, version)
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,
@@ -204,7 +204,7 @@ class VLLMEngine:
         slots: list[Optional[RolloutGroup]] = [None] * len(prompts)
         for group in self.generate_stream(prompts, n, temperature, top_p, max_tokens,
                                           policy_version, **kwargs):
-            slots[self._last_index] = group
+            slots[self.last_index] = group
         missing = [p.uid for p, g in zip(prompts, slots) if g is None]
         if missing:
             raise RuntimeError(f"vLLM returned no output for prompts {missing}")
@@ -225,7 +225,7 @@ class VLLMEngine:
                 behaviour_logprobs=behaviour,
                 finish_reason=c.finish_reason if c.finish_reason in ("stop", "length") else "abort",
                 policy_version=version))
-        return RolloutGroup(prompt=prompt, rollouts=rollouts)
+        return RolloutGroup(prompt=prompt, rollouts=rollouts, finished_at=time.time())
 
     # ------------------------------------------------------------------ weights
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]],
