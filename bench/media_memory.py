@@ -28,13 +28,11 @@ About 1.5 minutes on 2 CPU cores (engine start ~40 s).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -46,38 +44,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
 
 
-def plasma() -> tuple[int, int]:
-    """(objects, bytes) in this node's object store (Ray's internal memory-info API)."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
-    return int(stats.num_local_objects), int(stats.object_store_bytes_used)
-
-
 def measure(roles, cfg, prompts, g: int) -> dict:
-    from actors.rollout import SamplingSettings
-    from rlsys.batching import build_train_batch
-    from rlsys.distributed.media_store import inline_bytes
-    from rlsys.distributed.roles import scoring_samples, wait
-    from rlsys.protocol import ScoredGroup
+    from rlsys.distributed.media_store import batch_footprint
 
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    groups = roles.rollout.generate(prompts, SamplingSettings(g, 1.0, 1.0, cfg.rollout.max_new_tokens))
-    (rewards,) = wait(roles.reward.score_async(groups))
-    samples = scoring_samples(groups)
-    batch, _ = build_train_batch([ScoredGroup(x, r) for x, r in zip(groups, rewards)], cfg.algorithm,
-                                 cfg.advantage_estimator, 0)
-    heap = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    shipped = {"generate_args": inline_bytes(prompts), "generate_reply": inline_bytes(groups),
-               "reward_args": inline_bytes(groups), "reference_args": inline_bytes(samples),
-               "learner_args": inline_bytes(batch)}
-    return {"samples": len(batch.samples), "heap": heap, "held": inline_bytes((groups, samples, batch)),
-            "shipped": sum(shipped.values()), "shipped_parts": shipped,
-            "png_bytes_in_groups": sum(len(m.png or b"") for x in groups for m in x.prompt.images)}
+    return batch_footprint(roles, cfg, prompts, g, cfg.rollout.max_new_tokens)
 
 
 def main(argv=None) -> int:
@@ -136,7 +106,7 @@ def run_side(roles, args, gs: list[int], side: int, tmp: Path) -> list[str]:
     from PIL import Image
 
     from launch.evaluate import load_split
-    from rlsys.distributed.media_store import MediaStore
+    from rlsys.distributed.media_store import MediaStore, object_store_usage
 
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(side)
@@ -150,10 +120,10 @@ def run_side(roles, args, gs: list[int], side: int, tmp: Path) -> list[str]:
     assert all((p.images[0].width, p.images[0].height) == (side, side) for p in prompts)
     png = sum(len(p.images[0].png) for p in prompts) / len(prompts)
     store = MediaStore()
-    objects0, bytes0 = plasma()
+    objects0, bytes0 = object_store_usage()
     ref_prompts = store.offload(prompts)
     time.sleep(0.5)
-    objects1, bytes1 = plasma()
+    objects1, bytes1 = object_store_usage()
     modes = {"store": ref_prompts, "inline": prompts}
     for p in modes.values():  # warm-up: first-call allocations of the driver's code paths
         measure(roles, cfg, p, 2)

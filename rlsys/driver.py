@@ -150,7 +150,7 @@ class Driver:
         with timer.stage("record"):
             self.recorder.write(self.step_index, fill.seen)  # dropped groups too: the full record
         row = {**fill.metrics(), **_reward_metrics(fill.seen), **engines, **_stream_metrics(timelines),
-               **self._lag_metrics(fill.batch)}
+               **self._lag_metrics(fill.kept_online)}
         if fill.batch:
             row.update(self.learn(fill.batch, timer))
         # else dynamic sampling dropped every group (all rewards equal: nothing to learn), so no
@@ -160,10 +160,10 @@ class Driver:
                     **self.roles.peak_memory_mb()})
         return row
 
-    def _lag_metrics(self, batch: list[ScoredGroup]) -> dict[str, float]:
-        """Policy versions the generated samples lag the weights they train (0 on-policy)."""
-        lags = [self.version - r.policy_version for sg in batch if sg.group.finished_at
-                for r in sg.group.rollouts]
+    def _lag_metrics(self, generated: list[ScoredGroup]) -> dict[str, float]:
+        """Policy versions this run's generated samples lag the weights they train (0 on-policy;
+        replayed groups come from another run's versions and are left out)."""
+        lags = [self.version - r.policy_version for sg in generated for r in sg.group.rollouts]
         if not lags:
             return {}
         return {"async/version_lag_mean": sum(lags) / len(lags), "async/version_lag_max": float(max(lags)),

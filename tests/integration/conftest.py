@@ -27,3 +27,4 @@ def task_data(tmp_path_factory):
     from rlsys.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("data"), 64, 8, seed=0, families=["count_color"])
+

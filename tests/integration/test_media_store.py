@@ -14,12 +14,9 @@ size of an incompressible image at that budget, ~37 KB).
 """
 from __future__ import annotations
 
-import gc
-import io
 import json
 import math
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -77,22 +74,12 @@ def byte_prompts(cfg, media_data):
     return prompts
 
 
-def _plasma() -> tuple[int, int]:
-    """(objects, bytes) in this node's object store (Ray's internal memory-info API)."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    state = get_state_from_address(ray.get_runtime_context().gcs_address)
-    stats = get_memory_info_reply(state).store_stats
-    return int(stats.num_local_objects), int(stats.object_store_bytes_used)
-
-
 def _distinct(prompts) -> dict:
     return {m.sha256: m for p in prompts for m in p.images}
 
 
 def test_offload_stores_each_image_once(roles, cfg, byte_prompts, tmp_path):
-    from rlsys.distributed.media_store import ImageCache, resolve_prompts
+    from rlsys.distributed.media_store import ImageCache, object_store_usage, resolve_prompts
     from rlsys.driver import Driver
     from rlsys.protocol import Rollout, RolloutGroup
     from rlsys.sampling import ReplaySampler
@@ -100,7 +87,7 @@ def test_offload_stores_each_image_once(roles, cfg, byte_prompts, tmp_path):
     distinct = _distinct(byte_prompts)
     png_bytes = sum(len(m.png) for m in distinct.values())
     assert len(distinct) == DISTINCT and png_bytes > DISTINCT * 30_000  # ~37 KB each
-    objects0, bytes0 = _plasma()
+    objects0, bytes0 = object_store_usage()
     # The Driver offloads the train and the test split (the same 3 images in both), and moves
     # replayed groups joined to the byte-holding prompts (as launch reads them) to the offloaded ones.
     rollout = Rollout([1], [2], "x", [-0.1], "stop", 0)
@@ -114,14 +101,14 @@ def test_offload_stores_each_image_once(roles, cfg, byte_prompts, tmp_path):
     refs = {m.ref.hex() for p in list(prompts) + list(driver.test_prompts) for m in p.images}
     assert len(refs) == DISTINCT
     deadline = time.time() + 10
-    while _plasma()[0] < objects0 + DISTINCT and time.time() < deadline:
+    while object_store_usage()[0] < objects0 + DISTINCT and time.time() < deadline:
         time.sleep(0.2)
-    objects1, bytes1 = _plasma()
+    objects1, bytes1 = object_store_usage()
     assert objects1 - objects0 == DISTINCT, (objects0, objects1)
     assert png_bytes <= bytes1 - bytes0 < png_bytes + 64 * 1024 * DISTINCT
     # Offloading again (e.g. a second Driver on the same roles) puts nothing new.
     roles.offload_media(byte_prompts)
-    assert roles.media.bytes_put == png_bytes and _plasma()[0] == objects1
+    assert roles.media.bytes_put == png_bytes and object_store_usage()[0] == objects1
 
     # Resolution in a process: one fetch per distinct image, then cache hits; exact bytes.
     cache = ImageCache(max_bytes=1 << 24)
@@ -165,29 +152,12 @@ def test_generate_and_train_on_ref_form_prompts(roles, cfg, byte_prompts):
 
 
 def _held(roles, cfg, prompts, g: int) -> dict:
-    """Driver memory for one step's groups at G = g: generate, score, scoring samples, train batch.
+    """Driver memory for one step's groups at G = g (media_store.batch_footprint): `python_heap`
+    is its tracemalloc heap, `inline` the bytes those objects serialize to."""
+    from rlsys.distributed.media_store import batch_footprint
 
-    `python_heap`: tracemalloc bytes still allocated after the step's objects are built (the
-    deserialized groups, rewards, samples; tensor data is outside the Python heap). `inline`: the
-    bytes those objects serialize to (tensor data included, object refs as their ids)."""
-    from actors.rollout import SamplingSettings
-    from rlsys.batching import build_train_batch
-    from rlsys.distributed.media_store import inline_bytes
-    from rlsys.distributed.roles import scoring_samples, wait
-    from rlsys.protocol import ScoredGroup
-
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    groups = roles.rollout.generate(prompts, SamplingSettings(g, 1.0, 1.0, 8))
-    (rewards,) = wait(roles.reward.score_async(groups))
-    samples = scoring_samples(groups)
-    batch, _ = build_train_batch([ScoredGroup(x, r) for x, r in zip(groups, rewards)], cfg.algorithm,
-                                 cfg.advantage_estimator, 0)
-    held = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    return {"python_heap": held, "inline": inline_bytes((groups, samples, batch)),
-            "samples": sum(x.size for x in groups)}
+    fp = batch_footprint(roles, cfg, prompts, g, max_new_tokens=8)
+    return {"python_heap": fp["heap"], "inline": fp["held"], "samples": fp["samples"]}
 
 
 def test_driver_memory_is_flat_in_group_size(roles, cfg, byte_prompts):

@@ -13,21 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from loop_config import small_loop_config
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SIGNAL_REWARD = f"{Path(__file__).with_name('signal_reward.py')}:distinct_chars"
 B, G = 4, 4
 
 
 def _config(task_data, out_dir, overrides=()):
-    from rlsys.config import load_config
-
-    return load_config(ROOT / "configs/default.yaml", [
-        "total_steps=2", f"sampling.prompts_per_step={B}", f"rollout.n={G}", "rollout.max_new_tokens=12",
-        "learner.micro_batch_size=8", "learner.lr=1e-3", "logging.wandb=disabled", "logging.progress_bar=false",
-        "eval.before_and_after=false", "resources.cpus_per_engine=1", "resources.cpus_per_learner=1",
-        f"reward.components=[{{name: '{SIGNAL_REWARD}', weight: 1.0}}, {{name: accuracy, weight: 1.0}}]",
-        f"data.train={task_data[0]}", f"data.test={task_data[1]}", f"output_dir={out_dir}", *overrides])
+    return small_loop_config(task_data, out_dir, B, G, overrides)
 
 
 @pytest.fixture(scope="module")
