@@ -22,20 +22,52 @@ def set_dist_env(rank: int, world_size: int, master_addr: str, master_port: int)
     })
 
 
-def init_torch_distributed(rank: int, world_size: int, master_addr: str, master_port: int,
-                           backend: str = "auto") -> str:
-    """Set the env and open the default process group through DeepSpeed; -> the backend."""
+def init_torch_distributed(dist, backend: str = "auto") -> str:
+    """Set the env of `dist` (an rlsys.specs.DistRank) and open the default process group
+    through DeepSpeed; -> the backend."""
     import torch
 
-    set_dist_env(rank, world_size, master_addr, master_port)
+    set_dist_env(dist.rank, dist.world_size, dist.master_addr, dist.master_port)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(0)
+    from rlsys.distributed.weight_sync import is_loopback
+
+    if is_loopback(str(dist.master_addr)):
+        _init_default_group_on_loopback(dist, backend)
     import deepspeed
 
+    # Joins a default group opened above (DeepSpeed then only wraps it), else opens it by env://.
     deepspeed.init_distributed(dist_backend=backend)
     return backend
+
+
+def _init_default_group_on_loopback(dist, backend: str) -> None:
+    """Open the default group of a group whose ranks are all on this machine (MASTER_ADDR is
+    loopback) so that it listens on loopback only.
+
+    torch's env:// rendezvous starts rank 0's TCPStore on every interface, and gloo/NCCL bind
+    to the hostname's or the first non-loopback interface's address; here rank 0's store is
+    bound to MASTER_ADDR and the collectives are pinned to the loopback interface (unless
+    GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME are set already).
+    """
+    import torch
+    import torch.distributed as td
+    from deepspeed.constants import default_pg_timeout
+
+    from rlsys.distributed.weight_sync import loopback_interface, tcp_store
+
+    lo = loopback_interface()
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", lo)
+    store = tcp_store(str(dist.master_addr), int(dist.master_port), dist.world_size, dist.rank == 0,
+                      default_pg_timeout)
+    kwargs = {}
+    if backend == "nccl" and dist.world_size > 1:
+        kwargs["device_id"] = torch.device("cuda", 0)  # as DeepSpeed passes it for CUDA
+    td.init_process_group(backend, store=store, rank=dist.rank, world_size=dist.world_size,
+                          timeout=default_pg_timeout, **kwargs)
 
 
 def node_ip() -> str:

@@ -4,25 +4,20 @@ Same conventions as LearnerActor: model-running methods are collectives under Ze
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from actors import init_torch_distributed
+from rlsys.specs import CriticSpec, DistRank
 
 
 class CriticActor:
-    """critic_kwargs: ValueLearner keyword arguments (value_clip, zero_stage, lr, ...)."""
-
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
-                 model_path: str, critic_kwargs: Optional[dict] = None):
-        kwargs = dict(critic_kwargs or {})
-        kwargs["backend"] = init_torch_distributed(rank, world_size, master_addr, master_port,
-                                                   kwargs.get("backend", "auto"))
+    def __init__(self, spec: CriticSpec, dist: DistRank):
+        backend = init_torch_distributed(dist, spec.trainer.backend)
         from rlsys.critic import ValueLearner
 
-        self.critic = ValueLearner(model_path, **kwargs)
+        self.critic = ValueLearner(spec, backend)
 
     def ready(self) -> dict:
-        return {"rank": self.critic.rank, "world": self.critic.world}
+        """Rank, world and the settings the critic applied (rlsys.deepspeed_base.applied_settings)."""
+        return self.critic.applied_settings()
 
     def compute_values(self, samples) -> list:
         """TrainSample-like records -> list of [R_i] float32 value tensors."""

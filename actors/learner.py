@@ -8,25 +8,25 @@ from __future__ import annotations
 from typing import Optional
 
 from actors import free_port, init_torch_distributed, node_id, node_ip
+from rlsys.specs import DistRank, LearnerSpec
 
 
 class LearnerActor:
-    """rank/world_size/master_*: the DeepSpeed group's rendezvous (rank 0's node, free port).
-    learner_kwargs: PolicyLearner keyword arguments (zero_stage, lr, micro_batch_size, ...)."""
-
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int,
-                 model_path: str, learner_kwargs: Optional[dict] = None):
-        kwargs = dict(learner_kwargs or {})
-        kwargs["backend"] = init_torch_distributed(rank, world_size, master_addr, master_port,
-                                                   kwargs.get("backend", "auto"))
+    def __init__(self, spec: LearnerSpec, dist: DistRank):
+        backend = init_torch_distributed(dist, spec.trainer.backend)
         from rlsys.learner import PolicyLearner
 
-        self.rank = rank
-        self.learner = PolicyLearner(model_path, **kwargs)
+        self.rank = dist.rank
+        self.learner = PolicyLearner(spec, backend)
         self.sender = None
 
     def ready(self) -> dict:
-        return {"rank": self.learner.rank, "world": self.learner.world, "node_id": node_id()}
+        """Rank, world, node and the settings the learner applied (applied_settings)."""
+        return {**self.learner.applied_settings(), "node_id": node_id()}
+
+    def policy_version(self) -> int:
+        """Version of the weights this rank holds: one per train_step, as the driver counts syncs."""
+        return self.learner.train_steps
 
     def train_step(self, batch):
         """TrainBatch (this rank's shard) -> LearnerMetrics (same on all ranks)."""
@@ -75,7 +75,7 @@ class LearnerActor:
         return vars(self.sender.send(named, version))
 
     def weight_buckets(self, bucket_mb: float = 64.0) -> list:
-        """Object-store fallback: rank 0 returns [[(name, tensor), ...], ...]; others []."""
+        """Object-store path: rank 0 returns [[(name, tensor), ...], ...]; others []."""
         from rlsys.distributed.weight_sync import bucketize
 
         buckets = [[(n, t.detach().cpu().clone()) for n, t in b]

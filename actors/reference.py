@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+
+from rlsys.specs import ReferenceSpec
 
 
 class ReferenceActor:
-    """model_path, dtype, **kwargs: ReferenceModel's arguments (micro_batch_size, temperature)."""
-
-    def __init__(self, model_path: str, dtype: Any = "bfloat16", **kwargs: Any):
+    def __init__(self, spec: ReferenceSpec):
         from rlsys.reference import ReferenceModel
 
-        self.model = ReferenceModel(model_path, dtype, **kwargs)
+        self.model = ReferenceModel(spec)
         self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent calls
 
     def ready(self) -> bool:

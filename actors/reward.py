@@ -6,20 +6,20 @@ import time
 from collections import deque
 
 from rlsys.protocol import RewardResult, RolloutGroup
+from rlsys.specs import RewardSpec
 
 
 class RewardActor:
-    def __init__(self, components: list[tuple[str, float]], timeout_s: float, num_workers: int,
-                 reward_model: str | None = None, reward_model_weight: float = 1.0, dtype: str = "float32"):
+    def __init__(self, spec: RewardSpec):
         from rlsys.rewards.scorer import RewardScorer
 
-        self.scorer = RewardScorer(components, timeout_s=timeout_s, max_workers=num_workers)
+        self.scorer = RewardScorer(list(spec.components), timeout_s=spec.timeout_s, max_workers=spec.num_workers)
         self.reward_model = None
-        self.reward_model_weight = reward_model_weight
-        if reward_model:
+        self.reward_model_weight = spec.reward_model_weight
+        if spec.reward_model:
             from rlsys.rewards.model import ScalarRewardModel
 
-            self.reward_model = ScalarRewardModel(reward_model, dtype=dtype)
+            self.reward_model = ScalarRewardModel(spec.reward_model, dtype=spec.dtype)
         self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent score calls
 
     def score(self, groups: list[RolloutGroup]) -> list[RewardResult]:
@@ -36,9 +36,6 @@ class RewardActor:
     def call_log(self) -> list[tuple[float, float]]:
         """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""
         return list(self.calls)
-
-    def failure_count(self) -> int:
-        return int(self.scorer.stats().get("failures", 0))
 
     def peak_memory_mb(self) -> dict[str, float]:
         from rlsys.memory import peak_memory_mb

@@ -1,51 +1,47 @@
 """Rollout actor: one vLLM engine, one method per remote call. Knows nothing of the loop."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rlsys.protocol import Prompt, RolloutGroup
+from rlsys.specs import EngineSpec, SamplingSpec, prompt_seed
 
 
-@dataclass
-class SamplingSettings:
-    """What one generate call asks for (greedy evaluation uses temperature 0, n 1)."""
-
-    n: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
+def _engine_args(prompts: list[Prompt], sampling: SamplingSpec) -> dict:
+    """VLLMEngine.generate keywords of one call; seeded calls get one seed per prompt, derived
+    from the call's seed and the prompt's uid, so a prompt samples the same responses on any
+    engine, in any batch, after any restart."""
+    seeds = None if sampling.seed is None else [prompt_seed(sampling.seed, p.uid) for p in prompts]
+    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens, "seed": seeds}
 
 
 class RolloutActor:
-    def __init__(self, model_path: str, engine_kwargs: dict):
+    def __init__(self, spec: EngineSpec):
         from rlsys.models.engine import VLLMEngine
 
-        self.engine = VLLMEngine(model_path, **engine_kwargs)
+        self.engine = VLLMEngine.from_spec(spec)
         self.version = 0
         self._receiver = None
         self.prompts_generated = 0  # every generate call's prompts, evaluation included
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingSettings) -> list[RolloutGroup]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingSpec) -> list[RolloutGroup]:
         from rlsys.distributed.media_store import resolve_prompts
 
         # The engine gets image bytes (fetched once per image into this process's cache); the
         # groups go back with the caller's prompts, so ref-form prompts return no image bytes.
-        groups = self.engine.generate(resolve_prompts(prompts), n=sampling.n, temperature=sampling.temperature,
-                                      top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+        groups = self.engine.generate(resolve_prompts(prompts), **_engine_args(prompts, sampling),
                                       policy_version=self.version)
         for group, prompt in zip(groups, prompts):
             group.prompt = prompt
         self.prompts_generated += len(groups)
         return groups
 
-    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSettings):
+    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSpec):
         """Ray streaming generator: yields (index in `prompts`, RolloutGroup) as soon as each
         prompt's samples finish, in completion order (vLLM's continuous batching)."""
         from rlsys.distributed.media_store import resolve_prompts
 
-        for group in self.engine.generate_stream(resolve_prompts(prompts), n=sampling.n,
-                                                 temperature=sampling.temperature, top_p=sampling.top_p,
-                                                 max_tokens=sampling.max_new_tokens, policy_version=self.version):
+        for group in self.engine.generate_stream(resolve_prompts(prompts), **_engine_args(prompts, sampling),
+                                                 policy_version=self.version):
             self.prompts_generated += 1
             index = self.engine.last_index
             group.prompt = prompts[index]  # the caller's (ref-form) prompt: no image bytes go back
@@ -64,7 +60,7 @@ class RolloutActor:
         return self.version
 
     def load_weights(self, named_tensors: list, version: int) -> int:
-        """Object-store fallback of `receive_weights` (one bucket per call; version set on the last)."""
+        """Object-store path of `receive_weights` (one bucket per call; version set on the last)."""
         self.engine.update_weights(iter(named_tensors))
         self.version = version
         return self.version

@@ -45,7 +45,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPAT
 
 
 def measure(roles, cfg, prompts, g: int) -> dict:
-    from rlsys.distributed.media_store import batch_footprint
+    from rlsys.distributed.footprint import batch_footprint
 
     return batch_footprint(roles, cfg, prompts, g, cfg.rollout.max_new_tokens)
 
@@ -62,9 +62,8 @@ def main(argv=None) -> int:
     sides = [int(x) for x in args.sides.split(",")]
     t0 = time.perf_counter()
 
-    import ray
-
-    from rlsys.distributed.launcher import start_generation
+    from launch.cluster import start_local_ray
+    from launch.roles import start_generation
     from rlsys.models.tiny import ensure_tiny_model
 
     cache = (os.environ.get("RLSYS_TEST_MODEL_CACHE")
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     model = ensure_tiny_model("tiny", seed=0, cache_dir=cache)  # the tests' tiny model (built once)
     tmp = Path(tempfile.mkdtemp(prefix="media_memory_"))
     cfg = config(args, tmp, sides[0])
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray = start_local_ray(num_cpus=4, log_to_driver=False)
     roles = start_generation(cfg, str(model))
     sections = []
     try:

@@ -1,12 +1,14 @@
 """The `rlsys` command. Subcommands take `--config FILE` and dotted `key.sub=value` overrides;
-everything else about a run lives in the config tree (rlsys/config.py)."""
+everything else about a run lives in the config tree (rlsys/config/schema.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from launch.ablate import add_arguments as ablate_arguments
-from rlsys.config import ConfigError, documented_yaml, load_config, to_yaml
+from launch.train import add_arguments as train_arguments
+from launch.train import config_from_args
+from rlsys.config import ConfigError, documented_yaml, to_yaml
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -18,7 +20,7 @@ def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="rlsys", description="Online RL for multimodal LLMs.")
     sub = top.add_subparsers(dest="command", required=True)
-    _with_config(sub.add_parser("train", help="train (no arguments: the embedded default)"))
+    train_arguments(sub.add_parser("train", help="train (no arguments: the embedded default)"))
     cfg = sub.add_parser("config", help="inspect configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     _with_config(cfg_sub.add_parser("show", help="print the resolved config"))
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config" and args.config_command == "reference":
             print(documented_yaml())
             return 0
-        cfg = load_config(args.config, args.overrides)
+        cfg = config_from_args(args)
     except ConfigError as err:
         print(f"rlsys: config error: {err}", file=sys.stderr)
         return 2
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_training(cfg)
     if args.command == "build-tiny":
-        from launch.embedded import build_embedded_cli
+        from launch.evaluate import build_embedded_cli
 
         return build_embedded_cli(cfg, force=args.force)
     if args.command == "eval":

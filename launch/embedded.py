@@ -98,12 +98,3 @@ def resolve(cfg: RunConfig, force: bool = False) -> EmbeddedAssets:
         train, test = synthetic_data(cfg)
     return EmbeddedAssets(model_dir, train if cfg.data.train == "synthetic" else None,
                           test if cfg.data.test == "synthetic" else None, time.perf_counter() - t0)
-
-
-def build_embedded_cli(cfg: RunConfig, force: bool) -> int:
-    """`rlsys build-tiny`: (re)build the warm-started model and print its held-out accuracy."""
-    assets = resolve(cfg, force=force)
-    print(f"model: {assets.model_dir}  (built/cached in {assets.build_seconds:.1f} s)")
-    from launch.evaluate import evaluate_cli
-
-    return evaluate_cli(cfg, model=str(assets.model_dir), data=None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from launch.embedded import embedded_model, resolve, synthetic_data
 from rlsys.config import RunConfig
 
 
-def load_split(cfg: RunConfig, path: str | Path):
-    """Prompts of one dataset file, validated as the config says (errors name file and row)."""
+def load_split_counted(cfg: RunConfig, path: str | Path):
+    """Prompts of one dataset file, validated as the config says (errors name file and row),
+    and how many rows were skipped (data.on_bad_row = skip)."""
     from rlsys.data.datasets import load_prompts
     from rlsys.data.templates import R1_SYSTEM_PROMPT
 
@@ -16,22 +18,19 @@ def load_split(cfg: RunConfig, path: str | Path):
                           min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                           system_prompt=cfg.data.system_prompt or R1_SYSTEM_PROMPT)
     if result.skipped:
-        print(f"{path}: skipped {len(result.skipped)} of {result.num_rows} rows (data.on_bad_row=skip)")
-    return result.prompts
+        print(f"{path}: skipped {result.skip_count} of {result.num_rows} rows (data.on_bad_row=skip); "
+              f"first: {result.skipped[0].message}")
+    return result.prompts, result.skip_count
 
 
-def engine_kwargs(cfg: RunConfig) -> dict:
-    r = cfg.rollout
-    return {"tensor_parallel_size": r.tensor_parallel_size, "dtype": cfg.model.dtype,
-            "max_model_len": r.max_model_len, "gpu_memory_utilization": r.gpu_memory_utilization,
-            "seed": cfg.seed, "enforce_eager": r.enforce_eager,
-            **({"max_num_seqs": r.max_num_seqs} if r.max_num_seqs else {})}
+def load_split(cfg: RunConfig, path: str | Path):
+    return load_split_counted(cfg, path)[0]
 
 
 def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
-    from launch.embedded import embedded_model, synthetic_data
     from rlsys.evaluation import evaluate_groups
     from rlsys.models.engine import VLLMEngine
+    from rlsys.specs import engine_spec
 
     # Build only what the command line did not name.
     if model is None:
@@ -41,10 +40,17 @@ def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
     prompts = load_split(cfg, data)[: cfg.eval.max_prompts]
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.cpu_kv_cache_gib))))
-    engine = VLLMEngine(model, **engine_kwargs(cfg))
+    engine = VLLMEngine.from_spec(engine_spec(cfg, model))
     groups = engine.generate(prompts, n=1, temperature=0.0, top_p=1.0,
                              max_tokens=cfg.eval.max_new_tokens, policy_version=0)
     result = evaluate_groups(groups)
     print(f"eval  model={model}  data={data}  n={result.n}  accuracy={result.accuracy:.3f}  "
           f"format_rate={result.format_rate:.3f}  mean_length={result.response_length_mean:.1f}")
     return 0
+
+
+def build_embedded_cli(cfg: RunConfig, force: bool) -> int:
+    """`rlsys build-tiny`: (re)build the warm-started model and print its held-out accuracy."""
+    assets = resolve(cfg, force=force)
+    print(f"model: {assets.model_dir}  (built/cached in {assets.build_seconds:.1f} s)")
+    return evaluate_cli(cfg, model=str(assets.model_dir), data=None)

@@ -22,16 +22,16 @@ def record_rollouts(cfg: RunConfig, max_prompts: Optional[int] = None) -> Path:
     from launch.cluster import connect
     from launch.embedded import resolve
     from launch.evaluate import load_split
-    from launch.train import _run_dir
-    from rlsys.distributed.launcher import start_generation
-    from rlsys.distributed.roles import wait
+    from launch.train import new_run_dir
+    from launch.roles import start_generation
+    from rlsys.distributed.pending import wait
     from rlsys.protocol import ScoredGroup
     from rlsys.recording import RolloutRecorder
 
     assets = resolve(cfg)
     model_path = str(assets.model_dir) if assets.model_dir else cfg.model.path
     prompts = load_split(cfg, assets.train_path or cfg.data.train)[:max_prompts]
-    run_dir = _run_dir(cfg, "rollouts")
+    run_dir = new_run_dir(cfg, "rollouts")
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     recorder = RolloutRecorder(run_dir / "rollouts")
     owns_ray = not ray_module.is_initialized()  # a caller's Ray (tests, notebooks) stays up

@@ -5,8 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlsys.algorithms import AdvantageInputs, AdvantageParams, get_advantage, get_kl_estimator
+from rlsys.algorithms import ADVANTAGES, AdvantageInputs, AdvantageOutputs, AdvantageParams, get_kl_estimator
 from rlsys.config import AlgorithmConfig
+from rlsys.models.forward import pad_rows
+from rlsys.plugins import resolve
 from rlsys.protocol import ScoredGroup, TrainBatch, TrainSample
 
 
@@ -23,16 +25,18 @@ class BatchStats:
     kl_penalty_mean: float = 0.0
 
 
-def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), width, dtype=torch.float32)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-    return out
+def _check_advantage_outputs(out, shape: tuple[int, int], estimator: str) -> None:
+    # A user estimator's mistake is reported here, naming it, not as a shape error in the learner.
+    if not (isinstance(out, AdvantageOutputs) and tuple(out.advantages.shape) == shape
+            and tuple(out.returns.shape) == shape):
+        raise ValueError(f"advantage estimator {estimator!r} must return AdvantageOutputs(advantages, "
+                         f"returns), each [N, R] = {list(shape)}; got {out!r:.200}")
 
 
 def build_train_batch(scored: list[ScoredGroup], algo: AlgorithmConfig, estimator: str,
                       policy_version: int) -> tuple[TrainBatch, BatchStats]:
-    """Flattens B groups into N samples, computes advantages with `estimator`, returns the batch.
+    """Flattens B groups into N samples, computes advantages with `estimator` (a registered name
+    or a user 'file.py:function' / 'module:function' of the same signature), returns the batch.
 
     With `algo.kl_in_reward`, -kl_coef * KL(behaviour || reference) per token is added to the
     token rewards (the estimators that take token rewards fold it in; grpo/rloo reject it).
@@ -46,13 +50,13 @@ def build_train_batch(scored: list[ScoredGroup], algo: AlgorithmConfig, estimato
     rewards = torch.tensor([sg.reward.rewards[j] for sg in scored for j in range(sg.group.size)],
                            dtype=torch.float32)
     group_index = torch.tensor([gi for gi, _, _ in rollouts], dtype=torch.long)
-    behaviour = _pad([r.behaviour_logprobs for _, _, r in rollouts], width)
+    behaviour = pad_rows([r.behaviour_logprobs for _, _, r in rollouts], width)
     ref = None
     if scored[0].ref_logprobs is not None:
-        ref = _pad([lp for sg in scored for lp in sg.ref_logprobs], width)
+        ref = pad_rows([lp for sg in scored for lp in sg.ref_logprobs], width)
     values = None
     if scored[0].values is not None:
-        values = _pad([v for sg in scored for v in sg.values], width)
+        values = pad_rows([v for sg in scored for v in sg.values], width)
     token_rewards = None
     kl_penalty = 0.0
     if algo.kl_in_reward and algo.kl_coef > 0 and ref is not None:
@@ -60,7 +64,8 @@ def build_train_batch(scored: list[ScoredGroup], algo: AlgorithmConfig, estimato
         token_rewards = torch.where(mask, -algo.kl_coef * kl, 0.0)
         kl_penalty = float(token_rewards.sum() / mask.sum())
     params = AdvantageParams(norm_by_std=algo.norm_adv_by_std, gamma=algo.gamma, lam=algo.lam)
-    out = get_advantage(estimator)(AdvantageInputs(rewards, group_index, mask, values, token_rewards), params)
+    out = resolve(ADVANTAGES, estimator)(AdvantageInputs(rewards, group_index, mask, values, token_rewards), params)
+    _check_advantage_outputs(out, tuple(mask.shape), estimator)
 
     samples = []
     for i, (gi, sg, r) in enumerate(rollouts):

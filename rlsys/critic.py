@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from rlsys.algorithms.losses import LOSS_AGGREGATIONS, AggregationParams, value_loss
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, pad_to
+from rlsys.algorithms.losses import AggregationParams, value_loss
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums
+from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
+from rlsys.specs import CriticSpec
 
 
 @dataclass
@@ -64,26 +65,25 @@ class ValueModel(nn.Module):
         return self.value_head(h).squeeze(-1).float()
 
 
+@dataclass
+class ValueMicroSums(MicroSums):
+    """value_loss: the micro-batch's share of the full mini-batch loss; clipped_tokens: tokens
+    whose clipped branch was the larger loss."""
+
+    value_loss: float = 0.0
+    clipped_tokens: float = 0.0
+
+
 class ValueLearner(DeepSpeedTrainerBase):
-    """model_path: backbone checkpoint (usually the policy's). value_clip: clip range of the
-    value loss around the sampling-time values (None: unclipped). loss_agg/norm_length: as
-    the policy learner. Other keyword arguments: DeepSpeedTrainerBase's (zero_stage, lr, ...).
-    """
+    """The value model on one DeepSpeed rank, as `spec` (rlsys.specs.CriticSpec) describes it:
+    the backbone of `spec.trainer.model_path` (usually the policy's) with a scalar head, the
+    value loss clipped by `spec.value_clip` around the sampling-time values (None: unclipped),
+    aggregated and checkpointed as the policy learner."""
 
-    def __init__(self, model_path: str, *, value_clip: Optional[float] = 0.2,
-                 loss_agg: str = "token_mean", norm_length: Optional[float] = None,
-                 gradient_checkpointing: bool = False, **engine_kwargs: Any):
-        from rlsys.models.loading import load_policy, load_processor, pad_token_id
-
-        super().__init__(**engine_kwargs)
-        self.value_clip = value_clip
-        self.agg_fn = LOSS_AGGREGATIONS[loss_agg]
-        self.norm_length = norm_length
-        self.processor = load_processor(str(model_path))
-        self.pad_token_id = pad_token_id(self.processor)
-        policy = load_policy(str(model_path), self.torch_dtype)
-        if gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    def __init__(self, spec: CriticSpec, backend: str):
+        super().__init__(spec.trainer, backend)
+        self.value_clip = spec.value_clip
+        policy, self.processor, self.pad_token_id = self.load_model()
         self._init_engine(ValueModel(policy))
 
     def _forward(self, samples: list[TrainSample]):
@@ -124,37 +124,22 @@ class ValueLearner(DeepSpeedTrainerBase):
         self._old = {id(s): (s.values if s.values is not None else v) for s, v in zip(samples, before)}
         m = CriticMetrics(**self._value_stats(before, samples))
         m.lr = self.set_lr_for_step()
-        loss_sum = clip_sum = 0.0
-        norms = []
-        for _ in range(self.ppo_epochs):
-            for mini in self.plan_micro_batches(samples, self.mini_batches_per_step):
-                counts = self.global_counts([s for mb, real in mini if real for s in mb])
-                local = torch.zeros(3, dtype=torch.float64)  # loss share, clipped tokens, bad
-                for mb, real in mini:
-                    local += self._micro_step(mb, real, counts)
-                g = self.all_reduce(local)
-                applied, norm = self.optimizer_step(bad=g[2].item() > 0)
-                loss_sum += float(g[0])
-                clip_sum += float(g[1]) / max(counts[0], 1)
-                m.optimizer_steps += 1
-                m.skipped += 0 if applied else 1
-                if applied:
-                    norms.append(norm)
+        update = self.optimize(samples, self._micro_step)
         self._old = {}
-        n = max(m.optimizer_steps, 1)
-        m.value_loss, m.value_clip_frac = loss_sum / n, clip_sum / n
-        m.grad_norm = sum(norms) / len(norms) if norms else 0.0
-        self.train_steps += 1
+        m.value_loss = update.mean("value_loss", per_token=False)
+        m.value_clip_frac = update.mean("clipped_tokens", per_token=True)
+        m.optimizer_steps, m.skipped = float(len(update.steps)), float(update.skipped)
+        m.grad_norm = float(update.grad_norm)
         m.time_s, m.peak_mem_mb = time.perf_counter() - t0, self.peak_mem_mb()
         return m
 
-    def _micro_step(self, mb: list[TrainSample], real: bool, counts) -> torch.Tensor:
+    def _micro_step(self, mb: list[TrainSample], real: bool, counts) -> ValueMicroSums:
         values, mask = self._forward(mb)
         if not real:
             mask = torch.zeros_like(mask)
         width, dev = values.shape[1], values.device
-        old = pad_to([self._old[id(s)] for s in mb], width).to(dev)
-        ret = pad_to([s.returns for s in mb], width).to(dev)
+        old = pad_rows([self._old[id(s)] for s in mb], width).to(dev)
+        ret = pad_rows([s.returns for s in mb], width).to(dev)
         per_tok = value_loss(values, old, ret, mask, self.value_clip)
         loss = self.agg_fn(per_tok, mask, AggregationParams(self.norm_length, counts[0], counts[1]))
         clipped = torch.zeros(())
@@ -165,8 +150,8 @@ class ValueLearner(DeepSpeedTrainerBase):
         if bad:  # poison the gradient so DeepSpeed drops the step on every rank
             loss = loss + values.sum() * float("nan")
         self.backward(loss)
-        return torch.tensor([0.0 if bad else float(loss.detach()), float(clipped), float(bad)],
-                            dtype=torch.float64)
+        return ValueMicroSums(bad=float(bad), value_loss=0.0 if bad else float(loss.detach()),
+                              clipped_tokens=float(clipped))
 
     def _value_stats(self, values: list[torch.Tensor], samples: list[TrainSample]) -> dict:
         """Global means of values/returns and the explained variance, before the update."""

@@ -5,19 +5,48 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterator, Optional
+from dataclasses import astuple, dataclass, field, fields
+from typing import Any, Callable, Iterator
 
 import torch
 
+from rlsys.algorithms.losses import LOSS_AGGREGATIONS
+from rlsys.specs import TrainerSpec
 
 
-def pad_to(rows: list, width: int, value: float = 0.0) -> torch.Tensor:
-    """Right-pad 1-D per-sample tensors/lists [R_i] into [N, width] float32 (CPU)."""
-    out = torch.full((len(rows), width), value, dtype=torch.float32)
-    for i, r in enumerate(rows):
-        r = torch.as_tensor(r, dtype=torch.float32).reshape(-1)[:width]
-        out[i, : r.numel()] = r
-    return out
+@dataclass
+class MicroSums:
+    """Base of a trainer's per-micro-batch sums (float fields, summed over micro-batches and then
+    over ranks). `bad`: 1 when the micro-batch's loss was non-finite (the step is dropped)."""
+
+    bad: float = 0.0
+
+    def __add__(self, other: "MicroSums") -> "MicroSums":
+        return type(self)(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+
+@dataclass
+class OptimizerStepSums:
+    """One optimizer step: its sums, global over ranks, and the mini-batch's global counts."""
+
+    sums: MicroSums
+    tokens: float
+    sequences: float
+
+
+@dataclass
+class UpdateResult:
+    """What `DeepSpeedTrainerBase.optimize` did: per optimizer step, the reduced sums; how many
+    steps were skipped for a non-finite loss; the mean gradient norm of the applied ones."""
+
+    steps: list[OptimizerStepSums] = field(default_factory=list)
+    skipped: int = 0
+    grad_norm: float = 0.0
+
+    def mean(self, name: str, per_token: bool) -> float:
+        """A sum field averaged over optimizer steps (per valid token of each step if asked)."""
+        vals = [getattr(s.sums, name) / (max(s.tokens, 1.0) if per_token else 1.0) for s in self.steps]
+        return sum(vals) / max(len(vals), 1)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0):
@@ -44,24 +73,22 @@ class DeepSpeedTrainerBase:
     built in code, micro-batch planning that keeps ranks in lock-step, global counts,
     the optimizer step with NaN skipping, parameter gathering and checkpoints."""
 
-    def __init__(self, *, zero_stage: int = 2, lr: float = 1e-6, weight_decay: float = 0.0,
-                 warmup_steps: int = 0, total_steps: int = 1000, lr_schedule: str = "constant",
-                 min_lr_ratio: float = 0.0, grad_clip: float = 1.0, micro_batch_size: int = 1,
-                 ppo_epochs: int = 1, mini_batches_per_step: int = 1, dtype: Any = "bfloat16",
-                 seed: int = 0, backend: str = "auto", expected_samples_per_step: Optional[int] = None):
+    def __init__(self, spec: TrainerSpec, backend: str):
+        """`backend`: the collective backend the caller opened the default group with."""
         import torch.distributed as dist
 
-        if zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0..3, got {zero_stage}")
-        self.zero_stage, self.lr, self.weight_decay, self.grad_clip = zero_stage, lr, weight_decay, grad_clip
-        self.micro_batch_size, self.ppo_epochs = micro_batch_size, ppo_epochs
-        self.mini_batches_per_step = mini_batches_per_step
-        self.torch_dtype = _torch_dtype(dtype)
-        self.backend = ("nccl" if torch.cuda.is_available() else "gloo") if backend == "auto" else backend
-        self._sched = lr_lambda(lr_schedule, warmup_steps, total_steps, min_lr_ratio)
-        self.expected_samples_per_step = expected_samples_per_step
+        if spec.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0..3, got {spec.zero_stage}")
+        self.spec = spec
+        self.zero_stage, self.lr, self.weight_decay = spec.zero_stage, spec.lr, spec.weight_decay
+        self.micro_batch_size, self.ppo_epochs = spec.micro_batch_size, spec.ppo_epochs
+        self.mini_batches_per_step = spec.mini_batches
+        self.torch_dtype = _torch_dtype(spec.dtype)
+        self.agg_fn, self.norm_length = LOSS_AGGREGATIONS[spec.loss_agg], spec.norm_length
+        self.backend = backend
+        self._sched = lr_lambda(spec.lr_schedule, spec.warmup_steps, spec.total_steps)
         self.train_steps = 0
-        torch.manual_seed(seed)
+        torch.manual_seed(spec.seed)
         # DeepSpeed calls torch's deprecated *_tensor collectives: one FutureWarning per call.
         warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated")
         if not dist.is_initialized():
@@ -72,19 +99,40 @@ class DeepSpeedTrainerBase:
         self.comm_device = (torch.device("cuda", torch.cuda.current_device())
                             if self.backend == "nccl" else torch.device("cpu"))
 
+    def load_model(self):
+        """The HF model and processor of `spec.model_path`, with gradient checkpointing applied
+        when the spec asks for it; -> (model, processor, pad token id)."""
+        from rlsys.models.loading import load_policy, load_processor, pad_token_id
+
+        trust = self.spec.trust_remote_code
+        processor = load_processor(self.spec.model_path, trust_remote_code=trust)
+        # Every rank loads the full weights; ZeRO-3 partitions them in deepspeed.initialize.
+        model = load_policy(self.spec.model_path, self.torch_dtype, trust_remote_code=trust)
+        if self.spec.gradient_checkpointing:
+            # Non-reentrant: works with ZeRO-3 hooks and with inputs that need no grad.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return model, processor, pad_token_id(processor)
+
+    def applied_settings(self) -> dict:
+        """What the live trainer uses, read back from the model and the loss it built (so a test
+        sees a spec field take effect, not only arrive)."""
+        module = self.engine.module
+        return {"rank": self.rank, "world": self.world, "zero_stage": self.zero_stage,
+                "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in module.modules()),
+                "loss_agg": self.agg_fn.__name__}
+
     def ds_config(self) -> dict:
         """The DeepSpeed config. Gradient accumulation is unmanaged (we call step() once per
         mini-batch, after a variable number of micro-batches), so gradient_accumulation_steps
-        only feeds DeepSpeed's sample bookkeeping; it is computed from the expected batch."""
-        per_rank = -(-(self.expected_samples_per_step or self.micro_batch_size * self.world) // self.world)
-        gas = max(1, -(-per_rank // (self.micro_batch_size * self.mini_batches_per_step)))
+        only feeds DeepSpeed's sample bookkeeping and is 1."""
         bf16 = self.torch_dtype == torch.bfloat16
         return {
             "train_micro_batch_size_per_gpu": self.micro_batch_size,
-            "gradient_accumulation_steps": gas,
-            "train_batch_size": self.micro_batch_size * gas * self.world,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.micro_batch_size * self.world,
             "managed_gradient_accumulation": False,
-            "gradient_clipping": self.grad_clip,
+            "gradient_clipping": self.spec.grad_clip,
             "zero_optimization": {"stage": self.zero_stage, "overlap_comm": False,
                                   "contiguous_gradients": True},
             # check_grad_overflow: drop a step whose gradient norm is NaN/inf (NaN-loss skip).
@@ -164,6 +212,34 @@ class DeepSpeedTrainerBase:
         return plan
 
     # ------------------------------------------------------------ optimisation
+
+    def optimize(self, samples: list, micro_step: Callable[[list, bool, tuple], MicroSums]) -> UpdateResult:
+        """The update loop the policy and the critic share: ppo_epochs x mini-batches optimizer
+        steps, each accumulating `micro_step(micro_batch, real, global_counts)` over its
+        micro-batches; the sums are all-reduced once per optimizer step."""
+        result, norms = UpdateResult(), []
+        for _ in range(self.ppo_epochs):
+            for mini in self.plan_micro_batches(samples, self.mini_batches_per_step):
+                counts = self.global_counts([s for mb, real in mini if real for s in mb])
+                local = None
+                for mb, real in mini:
+                    part = micro_step(mb, real, counts)
+                    local = part if local is None else local + part
+                sums = self.all_reduce_sums(local)
+                applied, norm = self.optimizer_step(bad=sums.bad > 0)
+                result.steps.append(OptimizerStepSums(sums, counts[0], counts[1]))
+                if applied:
+                    norms.append(norm)
+                else:
+                    result.skipped += 1
+        result.grad_norm = sum(norms) / len(norms) if norms else 0.0
+        self.train_steps += 1
+        return result
+
+    def all_reduce_sums(self, sums: MicroSums) -> MicroSums:
+        """Each field summed over ranks, in one collective."""
+        values = self.all_reduce(torch.tensor(astuple(sums), dtype=torch.float64)).tolist()
+        return type(sums)(**{f.name: v for f, v in zip(fields(sums), values)})
 
     def backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed averages gradients over ranks; our loss is already this rank's share of

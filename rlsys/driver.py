@@ -9,15 +9,21 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from rlsys import checkpoint
 from rlsys.batching import build_train_batch
+from rlsys.checkpoint import RunState
 from rlsys.config import RunConfig, to_dict
+from rlsys.distributed.recovery import RoleFailure
+from rlsys.rewards import FailureGuard, RewardFailureError
 from rlsys.evaluation import EvalResult, evaluate_groups
 from rlsys.logging import MetricsLogger, flatten
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 from rlsys.recording import RolloutRecorder
-from rlsys.sampling import BatchFill, BatchPlan, PromptSampler, ReplaySampler, plan_batch, replay_source
+from rlsys.sampling import (BatchFill, BatchPlan, PromptSampler, ReplaySampler, SamplerState, plan_batch,
+                            replay_source)
+from rlsys.specs import call_seed
 from rlsys.timing import StageTimer
 
 
@@ -28,13 +34,20 @@ class RunSummary:
     eval_before: Optional[EvalResult]
     eval_after: Optional[EvalResult]
     seconds: float
+    stopped: Optional[str] = None  # why the run stopped before total_steps (a signal), else None
+    checkpoint: Optional[str] = None  # the checkpoint the run can resume from
+    skipped_rows: dict = dataclasses.field(default_factory=dict)  # dataset rows skipped per split
 
 
 class Driver:
     def __init__(self, cfg: RunConfig, roles, train_prompts: list[Prompt], test_prompts: list[Prompt],
-                 run_dir: Path, replay: Optional[ReplaySampler] = None):
+                 run_dir: Path, replay: Optional[ReplaySampler] = None,
+                 stop_requested: Callable[[], Optional[str]] = lambda: None,
+                 skipped_rows: Optional[dict[str, int]] = None):
         """`replay`: the recorded groups offline / mixed sampling draws from; read from
-        `sampling.offline_path` when not given (launch reads it before any actor starts)."""
+        `sampling.offline_path` when not given (launch reads it before any actor starts).
+        `stop_requested()`: a reason to stop at the next step boundary (a signal), or None.
+        `skipped_rows`: dataset rows skipped at load per split (data.on_bad_row = skip)."""
         self.cfg = cfg
         self.roles = roles
         # Each image into the object store once; the driver keeps and ships references only
@@ -49,6 +62,12 @@ class Driver:
             from rlsys.distributed.media_store import rebind_groups
 
             replay.items = rebind_groups(replay.items, train_prompts)
+        self.prompts_by_uid = {p.uid: p for p in train_prompts}
+        self.skipped_rows = dict(skipped_rows or {})
+        r = cfg.reward
+        self.reward_guard = FailureGuard(r.max_failure_frac, r.max_failed_steps)
+        self.stop_requested = stop_requested
+        self.eval_before: Optional[EvalResult] = None
         self.run_dir = run_dir
         self.version = 0
         self.step_index = 0
@@ -57,6 +76,7 @@ class Driver:
         # Batches launched for this step and, asynchronously, the next max_staleness steps.
         self.ahead: deque = deque()
         self.launched_steps = 0
+        self._completed = self._sampler_states()  # data positions at the end of the last step
 
     # ------------------------------------------------------------------ stages
 
@@ -65,17 +85,18 @@ class Driver:
         replayed = self.replay.take(need.offline) if need.offline else []
         return replayed, self.sampler.take(need.online)
 
-    def launch(self, need: BatchPlan):
-        """draw, then start generating and scoring (rlsys/distributed/streaming.py); no wait."""
+    def launch(self, need: BatchPlan, step: int, round_: int):
+        """draw, then start generating and scoring (rlsys/distributed/streaming.py); no wait.
+        Sampling is seeded by (run seed, step, round), so a batch never depends on history."""
         replayed, prompts = self.draw(need)
-        return self.roles.launch(replayed, prompts, self.score_async)
+        return self.roles.launch(replayed, prompts, self.score_async, seed=call_seed(self.cfg.seed, step, round_))
 
     def launch_ahead(self) -> None:
         """Keep the batches of this step and of the next `max_staleness` steps launched: the
         engines generate those with the weights they hold now, while the learner trains."""
         while len(self.ahead) <= self.cfg.sampling.max_staleness and self.launched_steps < self.cfg.total_steps:
-            self.ahead.append(self.launch(self.plan))
             self.launched_steps += 1
+            self.ahead.append(self.launch(self.plan, self.launched_steps, 1))
 
     def score_async(self, groups: list[RolloutGroup]):
         """Rewards, reference log-probs and critic values, concurrently on their actors;
@@ -111,7 +132,8 @@ class Driver:
             with timer.stage("sample"):
                 if fill.stats.rounds == 1:
                     self.launch_ahead()
-                batch = self.ahead.popleft() if fill.stats.rounds == 1 else self.launch(need)
+                batch = self.ahead.popleft() if fill.stats.rounds == 1 else self.launch(
+                    need, self.step_index, fill.stats.rounds)
             with timer.stage("generate"):  # scoring of early groups runs meanwhile
                 self.roles.pump.wait(lambda: not batch.generating)
             with timer.stage("score"):  # what scoring is left after the last group arrived
@@ -144,6 +166,7 @@ class Driver:
         timer = StageTimer()
         done_before = list(self.roles.rollout.prompts_done)
         fill, timelines = self.collect(timer)
+        self.reward_guard.observe([sg.reward for sg in fill.seen])  # a reward that keeps failing stops the run
         # Which engine generated how many of this step's prompts (the balancer's split).
         engines = {f"rollout/engine_{i}_prompts": float(after - before)
                    for i, (before, after) in enumerate(zip(done_before, self.roles.rollout.prompts_done))}
@@ -157,7 +180,8 @@ class Driver:
         # update and no sync this step; sampling/batch_groups = 0 records it.
         times = timer.finish()
         row.update({**times, **_throughput(fill, times), "policy/version": self.version,
-                    **self.roles.peak_memory_mb()})
+                    **self.roles.peak_memory_mb(), **(self.roles.recovery.metrics() if self.roles.recovery else {}),
+                    **{f"data/skipped_rows_{split}": float(n) for split, n in self.skipped_rows.items()}})
         return row
 
     def _lag_metrics(self, generated: list[ScoredGroup]) -> dict[str, float]:
@@ -172,58 +196,141 @@ class Driver:
     # ------------------------------------------------------------------ run
 
     def evaluate(self) -> EvalResult:
-        groups = self.roles.rollout.generate(self.test_prompts, self.roles.eval_sampling)
+        groups = self.roles.generate(self.test_prompts, self.roles.eval_sampling)
         return evaluate_groups(groups)
 
+    def recover_learner(self, logger: MetricsLogger) -> None:
+        """The training group died: void what is in flight, start the group again, and go back
+        to the latest checkpoint (or the start), in this run directory; the steps after it run
+        again and their rows are written once."""
+        t0 = time.perf_counter()
+        self.roles.pump.discard_all()
+        self.ahead.clear()
+        self.roles.restart_learners()
+        latest = checkpoint.latest(self.run_dir)
+        if latest is not None:
+            self.load_checkpoint(latest)
+        else:  # nothing saved yet: the fresh group holds the initial weights
+            self.step_index = self.version = self.launched_steps = 0
+            self.sampler.load_state(SamplerState())
+            if self.replay is not None:
+                self.replay.load_state(SamplerState())
+            self._completed = self._sampler_states()
+            self.roles.sync_weights(self.version)
+        logger.truncate(self.step_index)
+        self.roles.recovery.add_seconds("learner", time.perf_counter() - t0)
+
     def run(self) -> RunSummary:
+        """Steps until total_steps (or a stop request), evaluating, logging and checkpointing;
+        continues a loaded checkpoint in the same run directory. A dead learner group sends the
+        run back to its latest checkpoint (`recover_learner`)."""
         t0 = time.perf_counter()
         cfg = self.cfg
-        before = self.evaluate() if cfg.eval.before_and_after else None
-        logger = MetricsLogger(cfg, self.run_dir, cfg.total_steps - self.step_index)
-        if before is not None:
-            logger.log(self.step_index, flatten("eval", before))
+        resumed = self.step_index > 0
+        if cfg.eval.before_and_after and not resumed:
+            self.eval_before = self.evaluate()
+        logger = MetricsLogger(cfg, self.run_dir, cfg.total_steps - self.step_index, first_step=self.step_index)
+        if self.eval_before is not None and not resumed:
+            logger.log(self.step_index, flatten("eval", self.eval_before))
+        after = stopped = saved_at = None
         try:
-            while self.step_index < cfg.total_steps:
-                row = self.step()
-                if cfg.eval.every and self.step_index % cfg.eval.every == 0 and self.step_index < cfg.total_steps:
-                    row.update(flatten("eval", self.evaluate()))
-                logger.log(self.step_index, row)
-                if cfg.checkpoint.save_every and self.step_index % cfg.checkpoint.save_every == 0:
-                    self.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step_index}")
-            after = self.evaluate() if cfg.eval.before_and_after else None
-            if after is not None:
+            while self.step_index < cfg.total_steps and not stopped:
+                try:
+                    stopped, saved = self.step_logged(logger)
+                except (RoleFailure, RewardFailureError) as err:
+                    err.checkpoint = self.save_after_failure()
+                    raise
+                except Exception as err:
+                    if not self.roles.learner_died(err):
+                        raise
+                    self.recover_learner(logger)
+                    continue
+                saved_at = saved or saved_at
+            if not stopped and cfg.eval.before_and_after:
+                after = self.evaluate()
                 logger.log(self.step_index, flatten("eval", after))
         finally:
             logger.close()
-        self.save_checkpoint(self.run_dir / "checkpoints" / "final")
-        if cfg.checkpoint.export_hf:
-            self.roles.learner.export_hf(self.run_dir / "hf_model")
-        summary = RunSummary(str(self.run_dir), self.step_index, before, after, time.perf_counter() - t0)
+        if not stopped:
+            saved_at = self.save_checkpoint(self.run_dir / "checkpoints" / "final")
+            if cfg.checkpoint.export_hf:
+                self.roles.learner.export_hf(self.run_dir / "hf_model")
+        summary = RunSummary(str(self.run_dir), self.step_index, self.eval_before, after, time.perf_counter() - t0,
+                             stopped=stopped, checkpoint=str(saved_at) if saved_at else None,
+                             skipped_rows=self.skipped_rows)
         (self.run_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
         return summary
 
+    def step_logged(self, logger: MetricsLogger) -> tuple[Optional[str], Optional[Path]]:
+        """One step, its evaluation when due, its row, and a checkpoint when due or when a stop
+        was requested; -> (the stop reason or None, the checkpoint written or None)."""
+        cfg = self.cfg
+        row = self.step()
+        self._completed = self._sampler_states()
+        if cfg.eval.every and self.step_index % cfg.eval.every == 0 and self.step_index < cfg.total_steps:
+            row.update(flatten("eval", self.evaluate()))
+        logger.log(self.step_index, row)
+        stopped, every, saved = self.stop_requested(), cfg.checkpoint.save_every, None
+        if (every and self.step_index % every == 0 and self.step_index < cfg.total_steps) or stopped:
+            saved = self.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step_index}")
+            checkpoint.prune(self.run_dir, cfg.checkpoint.keep_last)
+        return stopped, saved
+
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Exact resume state: learner (+critic) weights and optimizer, data position, version."""
-        path.mkdir(parents=True, exist_ok=True)
-        self.roles.save_checkpoint(path)
-        state = {"step": self.step_index, "version": self.version,
-                 "sampler": dataclasses.asdict(self.sampler.state),
-                 "replay_sampler": dataclasses.asdict(self.replay.state) if self.replay is not None else None,
-                 "config": to_dict(self.cfg)}
-        (path / "driver_state.json").write_text(json.dumps(state, indent=2))
+    def _sampler_states(self) -> tuple:
+        """(step, version, prompt sampler state, replay sampler state) now."""
+        return (self.step_index, self.version, dataclasses.replace(self.sampler.state),
+                dataclasses.replace(self.replay.state) if self.replay is not None else None)
+
+    def save_after_failure(self) -> Optional[Path]:
+        """A checkpoint of the last completed step after a role failed for good: a step that
+        failed before its update is undone (its draw is drawn again by a resumed run), and what
+        was in flight is dropped."""
+        import ray
+
+        step, version, sampler, replay = self._completed
+        try:
+            updated = ray.get(self.roles.learner.actors[0].policy_version.remote()) > version
+        except Exception:  # the learner is gone too: the periodic checkpoints are what is left
+            return checkpoint.latest(self.run_dir)
+        if not updated:
+            self.step_index, self.version = step, version
+            self.sampler.load_state(sampler)
+            if replay is not None:
+                self.replay.load_state(replay)
+        self.ahead.clear()
+        self.roles.pump.batches.clear()
+        try:
+            return self.save_checkpoint(self.run_dir / "checkpoints" / f"step_{self.step_index}")
+        except Exception:  # the learner is gone too: the periodic checkpoints are what is left
+            return checkpoint.latest(self.run_dir)
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """Exact resume state (rlsys/checkpoint.py): learner (+critic) weights and optimizer,
+        data positions, policy version, and the batches generated ahead for later steps (their
+        scoring is finished first, so they are stored complete)."""
+        self.roles.pump.wait(lambda: all(b.done for b in self.ahead))
+        inflight = [(b.results[: b.n_replayed], b.results[b.n_replayed:]) for b in self.ahead]
+        state = RunState(step=self.step_index, version=self.version,
+                         sampler=dataclasses.asdict(self.sampler.state),
+                         replay_sampler=dataclasses.asdict(self.replay.state) if self.replay is not None else None,
+                         eval_before=dataclasses.asdict(self.eval_before) if self.eval_before else None,
+                         config=to_dict(self.cfg))
+        return checkpoint.save(path, state, self.roles.save_checkpoint, inflight)
 
     def load_checkpoint(self, path: Path) -> None:
-        from rlsys.sampling import SamplerState
-
-        state = json.loads((path / "driver_state.json").read_text())
+        state = checkpoint.load_state(path)
         self.roles.load_checkpoint(path)
-        self.step_index, self.version = state["step"], state["version"]
-        self.launched_steps = self.step_index
-        self.sampler.load_state(SamplerState(**state["sampler"]))
-        if self.replay is not None and state.get("replay_sampler"):
-            self.replay.load_state(SamplerState(**state["replay_sampler"]))
+        self.step_index, self.version = state.step, state.version
+        self.sampler.load_state(SamplerState(**state.sampler))
+        if self.replay is not None and state.replay_sampler:
+            self.replay.load_state(SamplerState(**state.replay_sampler))
+        self.eval_before = EvalResult(**state.eval_before) if state.eval_before else None
+        for replayed, generated in checkpoint.load_inflight(path, self.prompts_by_uid):
+            self.ahead.append(self.roles.resume_batch(replayed, generated))
+        self.launched_steps = self.step_index + len(self.ahead)
+        self._completed = self._sampler_states()
         self.roles.sync_weights(self.version)
 
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional
+from typing import Iterator
 
 import torch
 
 from rlsys.algorithms.kl import KL_ESTIMATORS
-from rlsys.algorithms.losses import (LOSS_AGGREGATIONS, POLICY_LOSSES, AggregationParams,
-                                     PolicyLossParams, truncated_is_weights)
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, hf_checkpoint_names, pad_to
+from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLossParams, truncated_is_weights
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, hf_checkpoint_names
+from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
+from rlsys.specs import LearnerSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +58,40 @@ class LearnerMetrics:
         return asdict(self)
 
 
-class PolicyLearner(DeepSpeedTrainerBase):
-    """The policy on one DeepSpeed rank.
+@dataclass
+class PolicyMicroSums(MicroSums):
+    """One micro-batch's contribution to the step metrics (summed over micro-batches, ranks).
 
-    policy_loss / policy_loss_params: a POLICY_LOSSES name and PolicyLossParams fields.
-    kl_coef, kl_estimator: KL(pi || pi_ref) as a loss term (0 disables; needs ref_logprobs).
-    loss_agg, norm_length: a LOSS_AGGREGATIONS name; norm_length for seq_mean_token_sum_norm.
-    max_is_weight: cap of the truncated importance weight pi_learner_old / pi_behaviour
-        (the train/inference mismatch correction); None disables.
-    The PPO ratio's "old" policy is the learner's own recomputation before the update (the
-    proximal policy), so engine-vs-learner numerics never show up as a ratio != 1.
-    Schedule lengths (warmup_steps, total_steps) count `train_step` calls.
+    policy_loss: its share of the full mini-batch loss; kl, entropy: sums over valid tokens;
+    clip_tokens, approx_kl_tokens, is_clip_tokens: token-weighted sums of the loss statistics.
     """
 
-    def __init__(self, model_path: str, *, policy_loss: str = "ppo_clip",
-                 policy_loss_params: Optional[dict] = None, kl_coef: float = 0.0,
-                 kl_estimator: str = "k3", entropy_coef: float = 0.0,
-                 loss_agg: str = "token_mean", norm_length: Optional[float] = None,
-                 max_is_weight: Optional[float] = None, temperature: float = 1.0,
-                 gradient_checkpointing: bool = False, **engine_kwargs: Any):
-        from rlsys.models.loading import load_policy, load_processor, pad_token_id
+    policy_loss: float = 0.0
+    kl: float = 0.0
+    entropy: float = 0.0
+    clip_tokens: float = 0.0
+    approx_kl_tokens: float = 0.0
+    is_clip_tokens: float = 0.0
 
-        super().__init__(**engine_kwargs)
-        self.model_path = str(model_path)
-        self.loss_fn = POLICY_LOSSES[policy_loss]
-        self.loss_params = PolicyLossParams(**(policy_loss_params or {}))
-        self.agg_fn = LOSS_AGGREGATIONS[loss_agg]
-        self.norm_length = norm_length
-        self.kl_coef, self.kl_fn = kl_coef, KL_ESTIMATORS[kl_estimator]
-        self.entropy_coef = entropy_coef
-        self.max_is_weight = max_is_weight
-        self.temperature = temperature
 
-        self.processor = load_processor(self.model_path)
-        # Every rank loads the full weights; ZeRO-3 partitions them in deepspeed.initialize.
-        # (Loading pre-partitioned via zero.Init needs transformers' HfDeepSpeedConfig, which
-        # needs accelerate: a follow-up for models that do not fit one host's memory.)
-        model = load_policy(self.model_path, self.torch_dtype)
-        if gradient_checkpointing:
-            # Non-reentrant: works with ZeRO-3 hooks and with inputs that need no grad.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        self.pad_token_id = pad_token_id(self.processor)
+class PolicyLearner(DeepSpeedTrainerBase):
+    """The policy on one DeepSpeed rank, as `spec` (rlsys.specs.LearnerSpec) describes it.
+
+    The PPO ratio's "old" policy is the learner's own recomputation before the update (the
+    proximal policy), so engine-vs-learner numerics never show up as a ratio != 1.
+    """
+
+    def __init__(self, spec: LearnerSpec, backend: str):
+        super().__init__(spec.trainer, backend)
+        self.model_path = str(spec.trainer.model_path)
+        self.loss_fn = POLICY_LOSSES[spec.policy_loss]
+        self.loss_params = PolicyLossParams(spec.clip_low, spec.clip_high, spec.dual_clip,
+                                            spec.seq_clip_low, spec.seq_clip_high)
+        self.kl_coef, self.kl_fn = spec.kl_coef, KL_ESTIMATORS[spec.kl_estimator]
+        self.entropy_coef = spec.entropy_coef
+        self.max_is_weight = spec.max_is_weight
+        self.temperature = spec.temperature
+        model, self.processor, self.pad_token_id = self.load_model()
         self._init_engine(model)
         self._sync_names = hf_checkpoint_names(self.engine.module)
 
@@ -144,47 +137,32 @@ class PolicyLearner(DeepSpeedTrainerBase):
         m = LearnerMetrics(**self._mismatch(prox, samples))
         m.lr = self.set_lr_for_step()
         self._prox = {id(s): p for s, p in zip(samples, prox)}  # read by _micro_step
-
-        sums: dict[str, float] = {}
-        grad_norms = []
-        for _ in range(self.ppo_epochs):
-            for mini in self.plan_micro_batches(samples, self.mini_batches_per_step):
-                counts = self.global_counts([s for mb, real in mini if real for s in mb])
-                local = torch.zeros(7, dtype=torch.float64)  # loss,kl,ent,clip,akl,isclip,bad
-                for mb, real in mini:
-                    local += self._micro_step(mb, real, counts)
-                g = self.all_reduce(local)
-                applied, norm = self.optimizer_step(bad=g[6].item() > 0)
-                for k, v in zip(("policy_loss", "kl", "entropy", "clip_frac", "approx_kl",
-                                 "is_weight_clip_frac"), g[:6].tolist()):
-                    # loss is already a full-batch share; the others are token sums.
-                    sums[k] = sums.get(k, 0.0) + (v if k == "policy_loss" else v / max(counts[0], 1))
-                m.optimizer_steps += 1
-                m.skipped += 0 if applied else 1
-                if applied:
-                    grad_norms.append(norm)
-                elif self.rank == 0:
-                    log.warning("train step %d: non-finite loss/gradient, optimizer step skipped",
-                                self.train_steps)
+        update = self.optimize(samples, self._micro_step)
         self._prox = {}
-        for k, v in sums.items():
-            setattr(m, k, v / max(m.optimizer_steps, 1))
+        if update.skipped and self.rank == 0:
+            log.warning("train step %d: %d optimizer step(s) skipped for a non-finite loss/gradient",
+                        self.train_steps, update.skipped)
+        m.policy_loss = update.mean("policy_loss", per_token=False)
+        m.kl, m.entropy = update.mean("kl", per_token=True), update.mean("entropy", per_token=True)
+        m.clip_frac = update.mean("clip_tokens", per_token=True)
+        m.approx_kl = update.mean("approx_kl_tokens", per_token=True)
+        m.is_weight_clip_frac = update.mean("is_clip_tokens", per_token=True)
+        m.optimizer_steps, m.skipped = float(len(update.steps)), float(update.skipped)
+        m.grad_norm = float(update.grad_norm)
         m.tokens = self.global_counts(samples)[0]
         m.samples = float(self.all_reduce(torch.tensor([float(len(samples))]))[0])
-        m.grad_norm = float(sum(grad_norms) / len(grad_norms)) if grad_norms else 0.0
-        self.train_steps += 1
         m.time_s = time.perf_counter() - t0
         m.peak_mem_mb = self.peak_mem_mb()
         return m
 
-    def _micro_step(self, mb: list[TrainSample], real: bool, counts) -> torch.Tensor:
-        """Forward + backward of one micro-batch; -> float64 [7] local sums for the metrics.
-        A padding micro-batch (real=False) keeps ranks in step but contributes 0."""
+    def _micro_step(self, mb: list[TrainSample], real: bool, counts) -> PolicyMicroSums:
+        """Forward + backward of one micro-batch. A padding micro-batch (real=False) keeps
+        ranks in step but contributes 0."""
         lp, ent, mask = self._forward(mb, with_entropy=True)
         width, dev = lp.shape[1], lp.device
-        old = pad_to([self._prox[id(s)] for s in mb], width).to(dev)
-        behav = pad_to([s.old_logprobs for s in mb], width).to(dev)
-        adv = pad_to([s.advantages for s in mb], width).to(dev)
+        old = pad_rows([self._prox[id(s)] for s in mb], width).to(dev)
+        behav = pad_rows([s.old_logprobs for s in mb], width).to(dev)
+        adv = pad_rows([s.advantages for s in mb], width).to(dev)
         if not real:
             mask = torch.zeros_like(mask)
         is_w, is_clip = None, torch.zeros(())
@@ -197,7 +175,7 @@ class PolicyLearner(DeepSpeedTrainerBase):
         pg_loss = loss.detach()
         kl = torch.zeros(())
         if self.kl_coef > 0:
-            ref = pad_to([s.ref_logprobs for s in mb], width).to(dev)
+            ref = pad_rows([s.ref_logprobs for s in mb], width).to(dev)
             kl_tok = self.kl_fn(lp, ref, mask)
             loss = loss + self.kl_coef * self.agg_fn(kl_tok, mask, agg)
             kl = torch.where(mask, kl_tok.detach(), 0.0).sum()
@@ -211,10 +189,10 @@ class PolicyLearner(DeepSpeedTrainerBase):
             loss = loss + lp.sum() * float("nan")
         self.backward(loss)
         n_tok = float(mask.sum())
-        return torch.tensor([
-            float(pg_loss) if not bad else 0.0, float(kl), float(ent_sum),
-            float(st.clip_frac_low + st.clip_frac_high) * n_tok, float(st.approx_kl) * n_tok,
-            float(is_clip) * n_tok, float(bad)], dtype=torch.float64)
+        return PolicyMicroSums(
+            bad=float(bad), policy_loss=float(pg_loss) if not bad else 0.0, kl=float(kl), entropy=float(ent_sum),
+            clip_tokens=float(st.clip_frac_low + st.clip_frac_high) * n_tok,
+            approx_kl_tokens=float(st.approx_kl) * n_tok, is_clip_tokens=float(is_clip) * n_tok)
 
     def _mismatch(self, prox: list[torch.Tensor], samples: list[TrainSample]) -> dict:
         """Train/inference log-prob mismatch over all ranks' tokens (see LearnerMetrics)."""

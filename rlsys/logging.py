@@ -26,36 +26,47 @@ def flatten(prefix: str, record: Any) -> dict[str, float]:
 
 
 class MetricsLogger:
-    def __init__(self, cfg: RunConfig, run_dir: Path, total_steps: int):
+    """`first_step`: the step a resumed run continues after. Rows of later steps (written after
+    the checkpoint it resumes from) are dropped from metrics.jsonl, so every step's row is there
+    once; the wandb run (id = the run directory's name) is resumed too."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, steps_left: int, first_step: int = 0):
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
-        self.rows: list[dict[str, float]] = []
+        self.rows = _rows(self.path) if first_step else []
+        if first_step:
+            self.truncate(first_step)
         self._bar = None
         if cfg.logging.progress_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, desc="train", unit="step", file=sys.stderr,
+            self._bar = tqdm(total=steps_left, desc="train", unit="step", file=sys.stderr,
                              dynamic_ncols=True)
         self._wandb = None
         if cfg.logging.wandb != "disabled":
             import wandb
 
-            self._wandb = wandb.init(project=cfg.logging.project, name=run_dir.name, dir=str(run_dir),
-                                     mode=cfg.logging.wandb, config=to_dict(cfg), reinit="finish_previous")
+            self._wandb = wandb.init(project=cfg.logging.project, name=run_dir.name, id=run_dir.name,
+                                     resume="allow", dir=str(run_dir), mode=cfg.logging.wandb,
+                                     config=to_dict(cfg), reinit="finish_previous")
         self._plot = cfg.logging.plot
 
     def log(self, step: int, row: dict[str, float]) -> None:
         row = {"step": step, **row}
         self.rows.append(row)
         with self.path.open("a") as fh:
-            fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                 for k, v in row.items()}) + "\n")
+            fh.write(_jsonl(row))
         if self._wandb is not None:
             self._wandb.log(row, step=step)
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3g}" for k in
                                    ("reward/mean", "reward/accuracy", "time/step") if k in row})
+
+    def truncate(self, step: int) -> None:
+        """Forget the rows after `step` (a run gone back to a checkpoint repeats those steps)."""
+        self.rows = [r for r in self.rows if r["step"] <= step]
+        self.path.write_text("".join(_jsonl(r) for r in self.rows))
 
     def close(self) -> None:
         if self._bar is not None:
@@ -64,6 +75,14 @@ class MetricsLogger:
             plot_curves(self.rows, self.run_dir / "curves.png")
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _jsonl(row: dict) -> str:
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}) + "\n"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def plot_curves(rows: list[dict[str, float]], out: Path) -> None:

@@ -107,11 +107,26 @@ class RewardResult:
     rewards:    [G] combined (weighted) scalar reward per sample.
     components: name -> [G] per-component scores, before weighting.
     failures:   number of reward calls that raised or timed out (each scored 0).
+    component_failures: name -> failed calls of that component in this group; every scored
+                component has an entry (0 when none failed).
+    first_failure: name -> the first failed call of that component in this group (only
+                components that failed): why, and which sample.
     """
+
+    @dataclass(frozen=True)
+    class Failure:
+        """One failed reward call: the exception text (one line), the group's prompt uid and
+        the sample's index in the group."""
+
+        error: str
+        uid: str
+        index: int
 
     rewards: list[float]
     components: dict[str, list[float]]
     failures: int = 0
+    component_failures: dict[str, int] = field(default_factory=dict)
+    first_failure: dict[str, RewardResult.Failure] = field(default_factory=dict)
 
 
 @dataclass

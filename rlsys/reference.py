@@ -12,24 +12,22 @@ import torch
 
 
 class ReferenceModel:
-    """model_path: HF dir or hub id. dtype: "bfloat16" | "float32" | torch.dtype.
-    micro_batch_size: sequences per forward. temperature: must match the sampling
-    temperature, as the learner's does (log-probs of logits / temperature).
+    """spec: the model, dtype, micro-batch size and temperature (must match the sampling
+    temperature, as the learner's does: log-probs of logits / temperature).
     device: "auto" = the current CUDA device if there is one, else CPU.
     """
 
-    def __init__(self, model_path: str, dtype: Any = "bfloat16", *, micro_batch_size: int = 8,
-                 temperature: float = 1.0, device: str = "auto"):
+    def __init__(self, spec, device: str = "auto"):
         from rlsys.models.loading import load_policy, load_processor, pad_token_id
 
-        self.model_path = str(model_path)
-        self.micro_batch_size = micro_batch_size
-        self.temperature = temperature
+        self.model_path = str(spec.model_path)
+        self.micro_batch_size = spec.micro_batch_size
+        self.temperature = spec.temperature
         if device == "auto":
             device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.processor = load_processor(self.model_path)
-        self.model = load_policy(self.model_path, dtype).to(self.device)
+        self.processor = load_processor(self.model_path, trust_remote_code=spec.trust_remote_code)
+        self.model = load_policy(self.model_path, spec.dtype, trust_remote_code=spec.trust_remote_code).to(self.device)
         self.model.eval()
         self.model.requires_grad_(False)
         self.pad_token_id = pad_token_id(self.processor)

@@ -16,7 +16,7 @@ groups are re-scored by the run's own reward config. The behaviour log-probs are
 the old log-probs of the sampling policy, which the learner's mismatch report and truncated
 importance weight (`algorithm.max_is_weight`) compare with the current policy.
 
-Every problem raises `DataError("<file> row <i> field '<field>': <reason>")` (rows 0-based).
+Every problem raises `DataError("<file>: row <i>: <field>: <reason>")` (rows 0-based).
 """
 from __future__ import annotations
 

@@ -17,13 +17,12 @@ rounds the step trains on what it has, and the shortfall is counted.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Generic, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from rlsys.config import RunConfig
+from rlsys.config import RunConfig, offline_groups
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 
 T = TypeVar("T")
@@ -100,7 +99,7 @@ def replay_source(cfg: RunConfig, train_prompts: Sequence[Prompt]) -> Optional[R
     from rlsys.replay import read_replay
 
     # GRPO/RLOO baselines need two samples of a prompt, as config validation asks of rollout.n.
-    min_size = 2 if cfg.algorithm.name in ("grpo", "rloo") else 1
+    min_size = 2 if cfg.advantage_estimator in ("grpo", "rloo") else 1
     groups = read_replay(cfg.sampling.offline_path, train_prompts, min_group_size=min_size)
     return ReplaySampler(groups, cfg.seed, cfg.data.shuffle)
 
@@ -117,11 +116,6 @@ class BatchPlan:
     @property
     def total(self) -> int:
         return self.offline + self.online
-
-
-def offline_groups(prompts_per_step: int, offline_fraction: float) -> int:
-    """round(fraction * B), halves up (Python's round() would send 0.5 * 3 and 0.5 * 5 both to 2)."""
-    return int(math.floor(offline_fraction * prompts_per_step + 0.5))
 
 
 def plan_batch(mode: str, prompts_per_step: int, offline_fraction: Optional[float] = None) -> BatchPlan:

@@ -1,9 +1,13 @@
-"""Shared fixtures. The tiny model is built once per machine (cached by builder hash)."""
+"""Shared fixtures: the tiny model (built once per machine, cached by builder hash), a private Ray
+on 127.0.0.1 and a small synthetic task for the loop and fault tests."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +26,22 @@ def tiny_model_dir(tmp_path_factory):
     else:
         cache = where or os.path.join(os.path.expanduser("~"), ".cache", "rlsys", "test-models")
     return ensure_tiny_model("tiny", seed=0, cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The private Ray of `rlsys train` (launch.cluster.start_local_ray: every listener on
+    127.0.0.1, whenever `ray` was first imported), with 8 CPUs."""
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    from launch.cluster import start_local_ray
+
+    ray = start_local_ray(num_cpus=8, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory):
+    from rlsys.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), 64, 8, seed=0, families=["count_color"])

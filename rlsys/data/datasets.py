@@ -1,6 +1,7 @@
 """Prompt datasets: load JSONL / JSON / Parquet / saved HF `datasets`, validate every row.
 
-Dataset schema (one row = one prompt; row indices are 0-based; in JSONL row i is line i+1)
+Dataset schema (one row = one prompt; row indices are 0-based; in JSONL row i is line i+1,
+blank lines counted)
 ------------------------------------------------------------------------------------------
   messages  list of {"role": str, "content": str | list[part]}, part = {"type": "text",
             "text": str} or {"type": "image"}. Image parts refer, in order, to the images.
@@ -22,9 +23,10 @@ Formats, chosen by path: *.jsonl (one JSON object per line), *.json (a JSON arra
 else JSONL), *.parquet, or a directory written by `datasets.Dataset.save_to_disk` (a
 DatasetDict needs `split`, unless it holds one split).
 
-Validation: a row with a missing image file, corrupt image bytes, invalid base64, an empty
-prompt, a prompt over `max_prompt_tokens`, a duplicate id, or a column of the wrong type raises
-DataError("<file> row <i> field '<field>': <reason>"), or with on_bad_row="skip" is logged
+Validation: a row with invalid JSON, a missing image file, corrupt image bytes, invalid
+base64, an empty prompt, a prompt over `max_prompt_tokens`, a duplicate id, or a column of the
+wrong type raises DataError("<file>: line <n>: <field>: <reason>") (JSONL: the 1-based line;
+Parquet, JSON arrays and HF datasets: "row <i>", 0-based), or with on_bad_row="skip" is logged
 (logging.warning, same message), counted and returned in LoadResult.skipped.
 """
 from __future__ import annotations
@@ -36,9 +38,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from rlsys.data import DataError
+from rlsys.data.errors import DataError
+from rlsys.data.readers import is_jsonl, read_rows
 from rlsys.data.media import (
     DEFAULT_FACTOR, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, MediaCache, to_media_item,
 )
@@ -54,12 +57,19 @@ SCHEMA_COLUMNS = ("messages", "prompt", "images", "image", "answer", "metadata",
 
 @dataclass
 class SkippedRow:
-    """A row left out in skip mode. message is the full DataError text (file, row, field)."""
+    """A row left out in skip mode: where it is (DataError.where: file, line or row, field)
+    and why."""
 
     row: int
     reason: str
     field: Optional[str] = None
-    message: str = ""
+    line: Optional[int] = None  # JSONL only: the 1-based line
+    where: str = ""
+
+    @property
+    def message(self) -> str:
+        """The full DataError text, as logged."""
+        return f"{self.where}: {self.reason}"
 
 
 @dataclass
@@ -76,6 +86,11 @@ class LoadResult:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @property
+    def skip_count(self) -> int:
+        """Rows left out with on_bad_row="skip" (their reasons: `skipped`)."""
+        return len(self.skipped)
+
 
 @dataclass
 class _Ctx:
@@ -90,86 +105,6 @@ class _Ctx:
     factor: int
     max_prompt_tokens: Optional[int] = None
     count_tokens: Optional[Callable[[Prompt], int]] = None
-
-
-# ---- reading rows ----------------------------------------------------------------------------
-
-def read_rows(
-    path: Union[str, os.PathLike], split: Optional[str] = None
-) -> Iterator[tuple[int, Any]]:
-    """Yield (row index, row dict) — or (row index, DataError) for a row that cannot be parsed,
-    so that skip mode can skip it. File-level problems raise DataError at once."""
-    p, src = Path(path), str(path)
-    if p.is_dir():
-        yield from _hf_rows(p, src, split)
-    elif not p.exists():
-        raise DataError("dataset file not found", source=src)
-    elif p.suffix == ".parquet":
-        yield from _parquet_rows(p, src)
-    elif p.suffix in (".jsonl", ".json"):
-        yield from _json_rows(p, src)
-    else:
-        raise DataError(f"unsupported dataset format '{p.suffix}'; expected .jsonl, .json, "
-                        ".parquet or a directory saved by datasets.save_to_disk", source=src)
-
-
-def _json_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
-    if p.suffix == ".json" and _starts_with(p, "["):
-        try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"invalid JSON array ({e})", source=src) from e
-        yield from enumerate(rows)
-        return
-    try:
-        with open(p, encoding="utf-8") as f:  # streamed: JSONL with base64 images can be big
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue  # blank lines are not rows, but still count: row i = line i+1
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, DataError(f"invalid JSON ({e.msg} at column {e.colno})", field="<row>")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e})", source=src) from e
-
-
-def _starts_with(p: Path, char: str) -> bool:
-    with open(p, "rb") as f:
-        return f.read(4096).lstrip().startswith(char.encode())
-
-
-def _parquet_rows(p: Path, src: str) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        batches = pq.ParquetFile(p).iter_batches(batch_size=256)
-        i = 0
-        for batch in batches:  # batches keep memory flat for big image datasets
-            for row in batch.to_pylist():
-                yield i, row
-                i += 1
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"unreadable Parquet file ({e})", source=src) from e
-
-
-def _hf_rows(p: Path, src: str, split: Optional[str]) -> Iterator[tuple[int, Any]]:
-    try:
-        import datasets as hf
-    except ImportError as e:  # pragma: no cover - datasets is a dependency of the env
-        raise DataError("a dataset directory needs the `datasets` package", source=src) from e
-    try:
-        ds = hf.load_from_disk(str(p))
-    except Exception as e:  # datasets raises FileNotFoundError / ValueError variants
-        raise DataError(f"not a dataset saved by datasets.save_to_disk ({e})", source=src) from e
-    if isinstance(ds, hf.DatasetDict):
-        if split is None and len(ds) == 1:
-            split = next(iter(ds))
-        if split not in ds:
-            raise DataError(f"split {split!r} not in {sorted(ds)}; pass split=", source=src)
-        ds = ds[split]
-    yield from enumerate(ds)
 
 
 # ---- one row -> Prompt -------------------------------------------------------------------------
@@ -269,7 +204,8 @@ def _place_images(messages: list[dict], n_images: int, name: str) -> list[dict]:
 
 
 def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
-    _expect(raw, dict, "<row>", "a JSON object / record")
+    if not isinstance(raw, dict):
+        raise DataError(f"expected a JSON object / record, got {type(raw).__name__}")
     uid = raw.get("id")
     uid = f"{ctx.stem}:{i}" if uid is None or uid == "" else str(
         _expect(uid, (str, int), "id", "a string or integer"))
@@ -340,6 +276,7 @@ def load_prompts(
                max_prompt_tokens=max_prompt_tokens,
                count_tokens=count_tokens or (lambda pr: approx_prompt_tokens(pr, factor)))
     result = LoadResult(prompts=[], skipped=[], source=src, media=ctx.cache)
+    lines = is_jsonl(p)
     first_row_of: dict[str, int] = {}
     for i, raw in read_rows(path, split):
         result.num_rows += 1
@@ -349,13 +286,14 @@ def load_prompts(
             prompt = _row_to_prompt(raw, i, ctx)
             if prompt.uid in first_row_of:
                 first = first_row_of[prompt.uid]
-                raise DataError(f"duplicate id '{prompt.uid}' (first at row {first})", field="id")
+                first = f"line {first + 1}" if lines else f"row {first}"
+                raise DataError(f"duplicate id '{prompt.uid}' (first at {first})", field="id")
         except DataError as e:
-            err = e.located(source=src, row=i)
+            err = e.located(source=src, row=i, line=i + 1 if lines else None)
             if on_bad_row == "error":
                 raise err from e
             logger.warning("skipping bad row: %s", err)
-            result.skipped.append(SkippedRow(i, err.reason, err.field, message=str(err)))
+            result.skipped.append(SkippedRow(i, err.reason, err.field, err.line, err.where))
             continue
         first_row_of[prompt.uid] = i
         result.prompts.append(prompt)

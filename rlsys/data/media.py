@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from rlsys.data import DataError
+from rlsys.data.errors import DataError
 from rlsys.protocol import MediaItem
 
 # Qwen2.5-VL: 14 px patches merged 2x2 -> one visual token per 28x28 px.

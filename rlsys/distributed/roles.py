@@ -1,186 +1,22 @@
-"""Clients of the role actors: the driver's only view of Ray.
-
-Each client method starts remote calls and returns a `Pending`; `wait(*pending)` resolves them
-all with one `ray.get`, so stages that can overlap (rewards, reference, critic) do.
+"""The roles of a run as the driver sees them: the actors' clients (rlsys/distributed/clients.py)
+together, batches launched into the stream pump, weight sync, checkpoints of the training group,
+and the replacement of dead actors (rlsys/distributed/recovery.py). The driver's only view of Ray.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from rlsys.config import RunConfig
+from rlsys.distributed.clients import CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RolloutPool
 from rlsys.distributed.media_store import MediaStore
-from rlsys.distributed.streaming import InFlightBatch, StreamPump
-from rlsys.protocol import Prompt, RolloutGroup, TrainBatch, TrainSample
-
-
-@dataclass
-class Pending:
-    """Object refs of remote calls and how to combine their results."""
-
-    refs: list
-    combine: Callable[[list], Any]
-
-
-def wait(*pending: Optional[Pending]) -> tuple:
-    import ray
-
-    refs = [r for p in pending if p is not None for r in p.refs]
-    values = iter(ray.get(refs))
-    return tuple(None if p is None else p.combine([next(values) for _ in p.refs]) for p in pending)
-
-
-def join(*pending: Optional[Pending], combine: Callable[..., Any]) -> Pending:
-    """One Pending of several: `combine(value_1, ..., value_n)` (None for a None pending)."""
-    refs = [r for p in pending if p is not None for r in p.refs]
-
-    def combined(parts: list):
-        values = iter(parts)
-        return combine(*(None if p is None else p.combine([next(values) for _ in p.refs]) for p in pending))
-
-    return Pending(refs, combined)
-
-
-def scoring_samples(groups: list[RolloutGroup]) -> list[TrainSample]:
-    """The sequences of `groups` as TrainSamples, for reference/critic forward passes."""
-    import torch
-
-    out = []
-    for gi, g in enumerate(groups):
-        for r in g.rollouts:
-            ids = torch.tensor(list(r.prompt_token_ids) + list(r.response_token_ids), dtype=torch.long)
-            zeros = torch.zeros(len(r.response_token_ids))
-            out.append(TrainSample(ids, len(r.prompt_token_ids), g.prompt.images, zeros, zeros,
-                                   policy_version=r.policy_version, group_index=gi))
-    return out
-
-
-def _regroup(groups: list[RolloutGroup], flat: list) -> list[list[list[float]]]:
-    out, i = [], 0
-    for g in groups:
-        out.append([flat[i + j].tolist() for j in range(g.size)])
-        i += g.size
-    return out
-
-
-class RolloutPool:
-    """N engines; a call's prompts go to the engines with the fewest outstanding prompts.
-
-    `prompts_done[i]`: prompts engine i has returned groups for, cumulative (counted from what
-    came back, not from what was assigned); the driver logs its per-step difference.
-    """
-
-    def __init__(self, actors: list):
-        self.actors = actors
-        self.outstanding = [0] * len(actors)
-        self.prompts_done = [0] * len(actors)
-
-    def _split(self, prompts: list[Prompt]) -> list[list[int]]:
-        """Prompt indices per engine: each prompt to the engine with the fewest outstanding."""
-        shares: list[list[int]] = [[] for _ in self.actors]
-        for j in range(len(prompts)):
-            i = min(range(len(self.actors)), key=lambda k: (self.outstanding[k] + len(shares[k]), k))
-            shares[i].append(j)
-        return shares
-
-    def stream(self, prompts: list[Prompt], sampling, window: int) -> list:
-        """Start every engine's share as a streaming generator (rlsys/distributed/streaming.py);
-        an engine pauses once `window` of its groups are yielded and not yet taken."""
-        from rlsys.distributed.streaming import EngineStream
-
-        out = []
-        for i, share in enumerate(self._split(prompts)):
-            if not share:
-                continue
-            gen = (self.actors[i].generate_stream
-                   .options(num_returns="streaming", _generator_backpressure_num_objects=window)
-                   .remote([prompts[j] for j in share], sampling))
-            self.outstanding[i] += len(share)
-            out.append(EngineStream(gen, share, lambda i=i: self._taken(i, 1)))
-        return out
-
-    def _taken(self, i: int, n: int) -> None:
-        self.outstanding[i] -= n
-        self.prompts_done[i] += n
-
-    def generate_async(self, prompts: list[Prompt], sampling) -> Pending:
-        """Every engine's share in one reply each; -> Pending of all groups in prompt order."""
-        shares = self._split(prompts)
-        refs, used = [], []
-        for i, share in enumerate(shares):
-            if share:
-                refs.append(self.actors[i].generate.remote([prompts[j] for j in share], sampling))
-                used.append((i, share))
-                self.outstanding[i] += len(share)
-
-        def combine(parts):
-            groups: list = [None] * len(prompts)
-            for (i, share), part in zip(used, parts):
-                self._taken(i, len(part))
-                for j, g in zip(share, part):
-                    groups[j] = g
-            return groups
-
-        return Pending(refs, combine)
-
-    def generate(self, prompts: list[Prompt], sampling) -> list[RolloutGroup]:
-        return wait(self.generate_async(prompts, sampling))[0]
-
-
-class RewardClient:
-    def __init__(self, actor):
-        self.actor = actor
-
-    def score_async(self, groups: list[RolloutGroup]) -> Pending:
-        return Pending([self.actor.score.remote(groups)], lambda parts: parts[0])
-
-
-class ReferenceClient:
-    def __init__(self, actor):
-        self.actor = actor
-
-    def logprobs_async(self, groups: list[RolloutGroup]) -> Pending:
-        ref = self.actor.compute_logprobs.remote(scoring_samples(groups))
-        return Pending([ref], lambda parts: _regroup(groups, parts[0]))
-
-
-def _shard(samples: list[TrainSample], ranks: int) -> list[list[TrainSample]]:
-    """Round-robin over samples sorted by length, so every rank gets similar token counts."""
-    order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
-    shards = [[] for _ in range(ranks)]
-    for k, i in enumerate(order):
-        shards[k % ranks].append(samples[i])
-    return shards
-
-
-class LearnerGroup:
-    """DeepSpeed data-parallel ranks; every call goes to all ranks (ZeRO collectives)."""
-
-    def __init__(self, actors: list):
-        self.actors = actors
-
-    def train_async(self, batch: TrainBatch) -> Pending:
-        shards = _shard(batch.samples, len(self.actors))
-        refs = [a.train_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
-        return Pending(refs, lambda parts: parts[0])
-
-    def call_all(self, make_call) -> list:
-        """`make_call(actor)` -> object ref, on every rank; results in rank order."""
-        import ray
-
-        return ray.get([make_call(a) for a in self.actors])
-
-    def export_hf(self, out_dir: Path) -> None:
-        self.call_all(lambda a: a.export_hf.remote(str(out_dir)))
-
-
-class CriticGroup(LearnerGroup):
-    def values_async(self, groups: list[RolloutGroup]) -> Pending:
-        samples = scoring_samples(groups)
-        refs = [a.compute_values.remote(samples) for a in self.actors]
-        return Pending(refs, lambda parts: _regroup(groups, parts[0]))
+from rlsys.distributed.pending import Pending, join, wait
+from rlsys.distributed.recovery import LearnerDied, Recovery
+from rlsys.distributed.streaming import EngineStream, InFlightBatch, StreamPump
+from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
+from rlsys.specs import SamplingSpec
 
 
 @dataclass
@@ -191,27 +27,102 @@ class Roles:
     reference: Optional[ReferenceClient]
     learner: LearnerGroup
     critic: Optional[CriticGroup]
-    train_sampling: Any
-    eval_sampling: Any
+    train_sampling: SamplingSpec
+    eval_sampling: SamplingSpec
     placement_group: Any = None
-    sync_backend: str = "gloo"
+    recovery: Optional[Recovery] = None  # None: a dead actor ends the run
     pump: StreamPump = field(default_factory=StreamPump)
     media: MediaStore = field(default_factory=MediaStore)  # each image once in the object store
 
     wait = staticmethod(wait)
     join = staticmethod(join)
 
-    def launch(self, replayed: list[RolloutGroup], prompts: list[Prompt], score_async) -> InFlightBatch:
-        """Start a batch: replayed groups' scoring now, and generation for `prompts` (streamed
-        into scoring group by group, or one reply per engine; `rollout.stream`). Nothing waits."""
+    def launch(self, replayed: list[RolloutGroup], prompts: list[Prompt], score_async, seed: int) -> InFlightBatch:
+        """Start a batch: replayed groups' scoring now, and generation for `prompts` with the
+        call seed `seed` (streamed into scoring group by group, or one reply per engine;
+        `rollout.stream`). Nothing waits."""
         ro = self.cfg.rollout
+        sampling = self.train_sampling.for_call(seed)
         streams = reply = None
         if prompts and ro.stream:
-            streams = self.rollout.stream(prompts, self.train_sampling, ro.stream_window)
+            streams = self.rollout.stream(prompts, sampling, ro.stream_window)
         elif prompts:
-            reply = self.rollout.generate_async(prompts, self.train_sampling)
+            reply = self.rollout.generate_async(prompts, sampling)
         return self.pump.add(InFlightBatch(replayed, len(prompts), score_async, ro.max_scoring_groups,
-                                           streams=streams, reply=reply))
+                                           streams=streams, reply=reply, reply_request=(prompts, sampling),
+                                           recoverer=self if self.recovery else None))
+
+    # ------------------------------------------------------------------ dead actors
+
+    def engine_died(self, stream: EngineStream, missing: list[int]) -> list[EngineStream]:
+        """Restart the stream's engine and generate its missing groups there (same seeds)."""
+        t0 = time.perf_counter()
+        self.restart_engine(stream.engine)
+        prompts = [stream.prompts[k] for k in missing]
+        slots = [stream.slots[k] for k in missing]
+        out = [self.rollout.stream_on(stream.engine, prompts, slots, stream.sampling, self.cfg.rollout.stream_window)]
+        self.recovery.add_seconds("engine", time.perf_counter() - t0)
+        return out
+
+    def reply_died(self, prompts: list[Prompt], sampling: SamplingSpec) -> Pending:
+        """Restart the dead engines; ask every engine again (seeded: live ones answer the same)."""
+        for i in self.dead_engines():
+            self.restart_engine(i)
+        return self.rollout.generate_async(prompts, sampling)
+
+    def scorer_died(self, err: BaseException) -> None:
+        from rlsys.distributed.recovery import actor_id, dead_actor_id
+
+        dead = dead_actor_id(err)
+        if dead == actor_id(self.reward.actor):
+            (self.reward.actor,) = self.recovery.restart("reward")
+        elif self.reference is not None and dead == actor_id(self.reference.actor):
+            (self.reference.actor,) = self.recovery.restart("reference")
+        else:  # a critic rank: the training state is gone
+            raise LearnerDied(f"a critic rank died: {err}")
+
+    def dead_engines(self) -> list[int]:
+        import ray
+
+        refs = [e.policy_version.remote() for e in self.rollout.actors]
+        dead = []
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(i)
+        return dead
+
+    def restart_engine(self, i: int) -> None:
+        """Engine i again in its bundle, holding the learner's current weights (not the disk's):
+        sent through the object store, as the broadcast group still names the dead process."""
+        import ray
+
+        (engine,) = self.recovery.restart("engine", i)
+        self.rollout.actors[i] = engine
+        self.rollout.outstanding[i] = 0
+        version = ray.get(self.learner.actors[0].policy_version.remote())
+        buckets = self.learner.call_all(lambda a: a.weight_buckets.remote(self.cfg.learner.sync_bucket_mb))[0]
+        for bucket in buckets:
+            ray.get(engine.load_weights.remote(bucket, version))
+        self.recovery.sync_group_stale = True
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingSpec) -> list[RolloutGroup]:
+        """Generate and wait (evaluation); a dead engine is restarted and the call repeated."""
+        from rlsys.distributed.recovery import is_actor_death
+
+        while True:
+            try:
+                return self.rollout.generate(prompts, sampling)
+            except Exception as err:
+                if self.recovery is None or not is_actor_death(err):
+                    raise
+                for i in self.dead_engines():
+                    self.restart_engine(i)
+
+    def resume_batch(self, replayed: list[ScoredGroup], generated: list[ScoredGroup]) -> InFlightBatch:
+        """A batch a checkpoint carried in flight, already generated and scored."""
+        return self.pump.add(InFlightBatch.completed(replayed, generated, self.cfg.rollout.max_scoring_groups))
 
     def sync_weights(self, version: int) -> float:
         """Learner -> every engine; returns seconds. Collective: all learner ranks take part."""
@@ -219,15 +130,75 @@ class Roles:
 
         t0 = time.perf_counter()
         if self.cfg.learner.weight_sync == "collective":
+            if self.recovery is not None and self.recovery.sync_group_stale:
+                self.recovery.starter.open_weight_sync(self.learner.actors, self.rollout.actors)
+                self.recovery.sync_group_stale = False
             refs = [a.sync_weights.remote(version) for a in self.learner.actors]
             refs += [e.receive_weights.remote() for e in self.rollout.actors]
-            ray.get(refs)
+            self._get_sync(refs)
         else:
             refs = [a.weight_buckets.remote(self.cfg.learner.sync_bucket_mb) for a in self.learner.actors]
             buckets = ray.get(refs)[0]
             for bucket in buckets:
                 ray.get([e.load_weights.remote(bucket, version) for e in self.rollout.actors])
         return time.perf_counter() - t0
+
+    def _get_sync(self, refs: list) -> None:
+        """Wait for a sync; a dead engine is restarted (it loads the new weights itself)."""
+        import ray
+
+        from rlsys.distributed.recovery import is_actor_death
+
+        failure, pending = None, list(refs)
+        while pending and failure is None:  # stop at the first failure: the rest may never end
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready)
+            except Exception as err:
+                failure = err
+        if failure is None:
+            return
+        if self.recovery is None:
+            raise failure
+        dead = self.dead_engines()
+        learners_dead = [a for a in self.learner.actors if not _alive(a)]
+        if learners_dead or not dead:
+            raise LearnerDied(f"weight sync failed: {failure}") if learners_dead or is_actor_death(failure) else failure
+        # The learner's broadcast failed with the dead peer; the live engines got nothing either.
+        for i in dead:
+            self.restart_engine(i)
+        self.recovery.starter.open_weight_sync(self.learner.actors, self.rollout.actors)
+        self.recovery.sync_group_stale = False
+        version = ray.get(self.learner.actors[0].policy_version.remote())
+        refs = [a.sync_weights.remote(version) for a in self.learner.actors]
+        ray.get(refs + [e.receive_weights.remote() for e in self.rollout.actors])
+
+    def learner_died(self, err: BaseException) -> bool:
+        """Whether `err` is the death of a learner or critic rank (and the run can recover)."""
+        from rlsys.distributed.recovery import actor_id, dead_actor_id, is_actor_death
+
+        if self.recovery is None:
+            return False
+        if isinstance(err, LearnerDied):
+            return True
+        group = self.learner.actors + (self.critic.actors if self.critic else [])
+        return is_actor_death(err) and (dead_actor_id(err) in {actor_id(a) for a in group}
+                                        or not all(_alive(a) for a in group))
+
+    def restart_learners(self) -> None:
+        """The whole training group (learner ranks, and critic ranks) again, at its initial
+        weights, with the broadcast group reopened; the caller loads a checkpoint into it."""
+        import ray
+
+        for a in self.learner.actors + (self.critic.actors if self.critic else []):
+            ray.kill(a)
+        actors = self.recovery.restart("learner")
+        n = len(self.learner.actors)
+        self.learner.actors = actors[:n]
+        if self.critic is not None:
+            self.critic.actors = actors[n:]
+        self.recovery.starter.open_weight_sync(self.learner.actors, self.rollout.actors)
+        self.recovery.sync_group_stale = False
 
     def offload_media(self, prompts: list[Prompt]) -> list[Prompt]:
         """`prompts` with ref-form images: each distinct image put into the object store once
@@ -264,3 +235,31 @@ class Roles:
             ray.kill(a)
         if self.placement_group is not None:
             remove_placement_group(self.placement_group)
+
+
+@dataclass
+class GenerationRoles:
+    """Engines and the reward actor without a learner (`rlsys rollout`)."""
+
+    rollout: RolloutPool
+    reward: RewardClient
+    train_sampling: SamplingSpec
+    placement_group: Any
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in list(self.rollout.actors) + [self.reward.actor]:
+            ray.kill(a)
+        remove_placement_group(self.placement_group)
+
+
+def _alive(actor) -> bool:
+    import ray
+
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False

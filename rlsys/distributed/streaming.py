@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from rlsys.protocol import RolloutGroup, ScoredGroup
 
@@ -60,11 +60,31 @@ class EngineStream:
 
     slots:    the batch position (prompt draw order) of each prompt of the share.
     on_group: called once per group taken (the pool's outstanding / done counts).
+    engine, prompts, sampling: which engine generates which prompts how, so the share's
+              missing groups can be re-issued if the engine dies (same seeds: same samples).
+    arrived:  share indices whose group was taken.
     """
 
     generator: Any  # ray.ObjectRefGenerator
     slots: list[int]
     on_group: Callable[[], None]
+    engine: int = 0
+    prompts: list = field(default_factory=list)
+    sampling: Any = None
+    arrived: set = field(default_factory=set)
+
+
+class Recoverer(Protocol):
+    """Who replaces dead actors for a batch (rlsys/distributed/roles.py: Roles)."""
+
+    def engine_died(self, stream: EngineStream, missing: list[int]) -> list[EngineStream]:
+        """Restart the stream's engine; -> streams generating the `missing` share indices."""
+
+    def scorer_died(self, err: BaseException) -> None:
+        """Restart the dead reward / reference actor (raises when it cannot)."""
+
+    def reply_died(self, prompts: list, sampling: Any) -> Any:
+        """Restart the dead engines; -> a new one-reply-per-engine Pending for `prompts`."""
 
 
 @dataclass
@@ -72,6 +92,7 @@ class _Scoring:
     """Groups whose scoring calls are out: `unready` holds the refs not yet answered."""
 
     slots: list[int]
+    groups: list[RolloutGroup]
     pending: Any  # roles.Pending of their ScoredGroups
     taken_at: float
     online: bool
@@ -88,7 +109,13 @@ class InFlightBatch:
     """
 
     def __init__(self, replayed: list[RolloutGroup], n_online: int, score_async: ScoreFn,
-                 max_scoring: int, streams: Optional[list[EngineStream]] = None, reply: Any = None):
+                 max_scoring: int, streams: Optional[list[EngineStream]] = None, reply: Any = None,
+                 recoverer: Optional[Recoverer] = None, reply_request: tuple = ()):
+        """`recoverer`: replaces dead actors (None: a death is raised). `reply_request`: the
+        (prompts, sampling) of `reply`, to ask again if an engine dies before answering."""
+        self.recoverer = recoverer
+        self.reply_request = reply_request
+        self.discarding = False  # a learner death voided the batch: drain it, ignore failures
         self.n_replayed = len(replayed)
         self.n_online = n_online
         self.score_async = score_async
@@ -100,9 +127,20 @@ class InFlightBatch:
         self.results: list[Optional[ScoredGroup]] = [None] * (self.n_replayed + n_online)
         self.scoring: list[_Scoring] = []
         self.arrived = 0
+        # ("arrived" | "scored", slot) of online groups, in the order the driver saw them.
+        self.events: list[tuple[str, int]] = []
         self._spans: list[tuple[float, float]] = []
         if replayed:
             self._start_scoring(list(range(self.n_replayed)), replayed, online=False)
+
+    @classmethod
+    def completed(cls, replayed: list[ScoredGroup], online: list[ScoredGroup], max_scoring: int) -> "InFlightBatch":
+        """A batch whose groups are all generated and scored already (one a checkpoint carried)."""
+        batch = cls([], 0, lambda groups: None, max_scoring)
+        batch.n_replayed, batch.n_online = len(replayed), len(online)
+        batch.results = list(replayed) + list(online)
+        batch.arrived = len(online)
+        return batch
 
     # ------------------------------------------------------------------ state
     @property
@@ -135,39 +173,84 @@ class InFlightBatch:
                 except StopIteration:
                     self.streams.remove(st)
                     continue
+                except Exception as err:
+                    self._recover_stream(st, err)
+                    continue
                 st.on_group()
+                st.arrived.add(index)
                 self._arrive([self.n_replayed + st.slots[index]], [group])
         if self.reply is not None and all(r in ready for r in self.reply.refs):
             reply, self.reply = self.reply, None
-            groups = reply.combine(ray.get(reply.refs))
-            self._arrive([self.n_replayed + k for k in range(len(groups))], groups)
+            try:
+                groups = reply.combine(ray.get(reply.refs))
+            except Exception as err:
+                self.reply = self._recover_reply(err)
+            else:
+                self._arrive([self.n_replayed + k for k in range(len(groups))], groups)
         for s in list(self.scoring):
             s.unready -= ready
             if not s.unready:
                 self._finish(s)
+
+    def _recover_stream(self, st: EngineStream, err: BaseException) -> None:
+        """The stream's engine died: its groups not yet taken are generated again (same seeds)."""
+        from rlsys.distributed.recovery import is_actor_death
+
+        if self.discarding:
+            self.streams.remove(st)
+            return
+        if self.recoverer is None or not is_actor_death(err):
+            raise err
+        self.streams.remove(st)
+        missing = [k for k in range(len(st.slots)) if k not in st.arrived]
+        if missing:
+            self.streams += self.recoverer.engine_died(st, missing)
+
+    def _recover_reply(self, err: BaseException):
+        from rlsys.distributed.recovery import is_actor_death
+
+        if self.recoverer is None or not is_actor_death(err):
+            raise err
+        return self.recoverer.reply_died(*self.reply_request)
 
     def _arrive(self, slots: list[int], groups: list[RolloutGroup]) -> None:
         now = time.perf_counter() - self.launched_at
         if self.arrived == 0:
             self.stats.first_group_s = now
         self.arrived += len(groups)
+        self.events += [("arrived", slot) for slot in slots]
         if self.arrived == self.n_online:
             self.stats.generation_s = now
         self._start_scoring(slots, groups, online=True)
 
     def _start_scoring(self, slots: list[int], groups: list[RolloutGroup], online: bool) -> None:
         pending = self.score_async(groups)
-        self.scoring.append(_Scoring(slots, pending, time.perf_counter(), online, set(pending.refs)))
+        self.scoring.append(_Scoring(slots, groups, pending, time.perf_counter(), online, set(pending.refs)))
         self.stats.peak_scoring = max(self.stats.peak_scoring, len(self.scoring))
 
     def _finish(self, s: _Scoring) -> None:
         import ray
 
+        from rlsys.distributed.recovery import is_actor_death
+
+        try:
+            values = ray.get(s.pending.refs)
+        except Exception as err:
+            if self.discarding:
+                self.scoring.remove(s)
+                return
+            if self.recoverer is None or not is_actor_death(err):
+                raise
+            self.recoverer.scorer_died(err)  # then the same groups are scored again
+            s.pending = self.score_async(s.groups)
+            s.unready = set(s.pending.refs)
+            return
         self.scoring.remove(s)
-        scored = s.pending.combine(ray.get(s.pending.refs))
+        scored = s.pending.combine(values)
         for slot, sg in zip(s.slots, scored):
             self.results[slot] = sg
         if s.online:
+            self.events += [("scored", slot) for slot in s.slots]
             now = time.perf_counter()
             if math.isnan(self.stats.first_scored_s):
                 self.stats.first_scored_s = now - self.launched_at
@@ -217,7 +300,7 @@ class StreamPump:
 
     def wait_pending(self, *pending):
         """Resolve `Pending`s (roles.Pending) while pumping; -> their values, like roles.wait."""
-        from rlsys.distributed.roles import wait
+        from rlsys.distributed.pending import wait
 
         left = {r for p in pending if p is not None for r in p.refs}
         self.wait(lambda: not left, extra=left)
@@ -228,6 +311,15 @@ class StreamPump:
         self.wait(lambda: batch.done)
         self.batches.remove(batch)
         return batch.finalize()
+
+    def discard_all(self) -> None:
+        """Drop every open batch (a learner death voided them): engines finish what they are
+        generating, nothing of it is kept, failures of dead actors are ignored."""
+        for b in self.batches:
+            b.discarding = True
+            b.reply = None
+        self.wait(lambda: all(b.done for b in self.batches))
+        self.batches.clear()
 
     def finish_generation(self) -> None:
         """Pump until no engine is generating for any open batch (engines idle: safe to sync)."""

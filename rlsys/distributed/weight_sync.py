@@ -14,10 +14,18 @@ and the receiver can view each tensor in place without a copy.
 
 Object-store fallback (no direct connectivity): `bucketize(named_tensors, bucket_mb)` gives
 lists of (name, tensor) that the caller passes through Ray one bucket at a time.
+
+Sockets: torch's TCPStore server listens on every interface (`*`) whatever host it is given, and
+gloo binds to the address the machine's hostname resolves to. When the group's host is a loopback
+address (a private local run: every member is on this machine) `tcp_store` binds the server's
+socket to that address itself and the gloo device is bound to it too, so nothing of the group
+accepts connections from outside this machine. On a real cluster (host = the node's address) both
+keep torch's defaults.
 """
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import pickle
 import socket
 import time
@@ -31,11 +39,63 @@ NamedTensor = tuple[str, torch.Tensor]
 _ALIGN = 16  # byte alignment of each tensor inside a bucket (covers every dtype's itemsize)
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (call it on the sender's node)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost": an address only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_interface() -> str:
+    """Name of the interface that holds 127.0.0.1 ("lo" on Linux), for GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME in a private local run."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs):
+            return name
+    return "lo"
+
+
+def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: timedelta):
+    """A `torch.distributed.TCPStore` whose server (on the master) listens on `host` only when
+    `host` is a loopback address; otherwise torch's default (every interface).
+
+    torch (2.13) has no bind-address option: the master's socket is bound and listening here,
+    then handed over with `master_listen_fd` (the store owns and closes it).
+    """
+    import torch.distributed as dist
+
+    if not (is_master and is_loopback(host)):
+        return dist.TCPStore(host, port, world_size, is_master, timeout=timeout)
+    bind_host = "127.0.0.1" if host == "localhost" else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind_host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    # The store owns the descriptor from here on and closes it when it is destroyed.
+    return dist.TCPStore(host, port, world_size, True, timeout=timeout, master_listen_fd=sock.detach())
+
+
+def gloo_group(store, rank: int, world_size: int, timeout: timedelta, host: str):
+    """A `ProcessGroupGloo` whose pair sockets are bound to `host` when it is a loopback address
+    (gloo's default device binds to whatever the hostname resolves to)."""
+    import torch.distributed as dist
+
+    if not is_loopback(host):
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = timeout
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+    return dist.ProcessGroupGloo(store, rank, world_size, opts)
 
 
 def bucketize(named_tensors: Iterable[NamedTensor], bucket_mb: float) -> Iterator[list[NamedTensor]]:
@@ -88,11 +148,11 @@ def _open_group(host: str, port: int, world_size: int, rank: int, backend: str, 
     import torch.distributed as dist
 
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+    store = tcp_store(host, port, world_size, rank == 0, timeout)
     # Prefix so keys never collide with anything else sharing the store.
     store = dist.PrefixStore("rlsys_weight_sync", store)
     if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout), torch.device("cpu")
+        return gloo_group(store, rank, world_size, timeout, host), torch.device("cpu")
     if backend == "nccl":
         # NCCL only moves CUDA tensors; each process uses its current CUDA device.
         opts = dist.ProcessGroupNCCL.Options()

@@ -146,6 +146,15 @@ class VLLMEngine:
         self._expected = checkpoint_tensor_names(self.model_path)
 
     # ------------------------------------------------------------------ generation
+    @classmethod
+    def from_spec(cls, spec) -> "VLLMEngine":
+        """The engine an `rlsys.specs.EngineSpec` describes."""
+        extra = {"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs else {}
+        return cls(spec.model_path, tensor_parallel_size=spec.tensor_parallel_size, dtype=spec.dtype,
+                   max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization,
+                   seed=spec.seed, kv_cache_space_gib=spec.kv_cache_space_gib, enforce_eager=spec.enforce_eager,
+                   trust_remote_code=spec.trust_remote_code, **extra)
+
     def _engine_input(self, prompt: Prompt) -> dict:
         from rlsys.models.forward import render_prompt
 
@@ -166,14 +175,17 @@ class VLLMEngine:
     def generate_stream(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,
                         top_p: float = 1.0, max_tokens: int = 256,
                         policy_version: Optional[int] = None, top_k: int = -1,
-                        seed: Optional[int] = None,
+                        seed: Optional[int] | Sequence[Optional[int]] = None,
                         stop_token_ids: Optional[Sequence[int]] = None) -> Iterator[RolloutGroup]:
         """Yield one RolloutGroup per prompt as soon as all its n samples finish (completion
-        order, not prompt order). `seed` makes sampling reproducible per request."""
+        order, not prompt order). `seed` (one for every prompt, or one per prompt) makes sampling
+        reproducible per request: vLLM seeds sample j of a request with seed + j."""
         if not prompts:
             return
         version = self.policy_version if policy_version is None else int(policy_version)
-        params = self._sampling_params(n, temperature, top_p, max_tokens, top_k, seed, stop_token_ids)
+        seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
+        params = [self._sampling_params(n, temperature, top_p, max_tokens, top_k, s, stop_token_ids)
+                  for s in seeds]
         inputs = []
         for p in prompts:
             try:

@@ -81,13 +81,14 @@ def prompt_token_ids(processor, prompt: Prompt) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def pad_responses(rows: Sequence[Any], length: int, value: float = 0.0):
-    """Right-pad 1-D tensors/lists to [len(rows), length] float32."""
+def pad_rows(rows: Sequence[Any], width: int, value: float = 0.0):
+    """Right-pad 1-D per-sample tensors/lists [R_i] (R_i <= width) into [len(rows), width]
+    float32 on CPU: the one padding helper of batching, the learners and collate."""
     import torch
 
-    out = torch.full((len(rows), length), value, dtype=torch.float32)
+    out = torch.full((len(rows), width), value, dtype=torch.float32)
     for i, r in enumerate(rows):
-        r = torch.as_tensor(r, dtype=torch.float32)
+        r = torch.as_tensor(r, dtype=torch.float32).reshape(-1)
         out[i, : r.shape[0]] = r
     return out
 
@@ -171,7 +172,7 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
     for name in _RESPONSE_FIELDS:
         vals = [getattr(s, name) for s in samples]
         if all(v is not None for v in vals):
-            batch[name] = pad_responses(vals, r_max)
+            batch[name] = pad_rows(vals, r_max)
     return batch
 
 
@@ -231,10 +232,3 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
         probs = torch.softmax(logits, dim=-1)
         entropy = (lse - (probs * logits).sum(-1)) * mask
     return logp, entropy, mask
-
-
-def masked_mean(x, mask, dim=None):
-    """Mean of x over positions where mask is 1 (helper for metrics)."""
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)

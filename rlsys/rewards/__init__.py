@@ -1,34 +1,45 @@
 """Rewards: registry, R1 format/accuracy, answer equivalence, user functions, remote HTTP.
 
-Signature of every reward: ``fn(response: str, answer: str | None, metadata: dict) -> float``.
-`RewardScorer` combines weighted components and bounds every call (see scorer.py).
+Signature of every reward: ``fn(response: str, answer: str | None, metadata: dict) -> float``
+(called positionally: the sample's response text, the prompt's reference answer or None, the
+prompt's metadata dict). `RewardScorer` combines weighted components and bounds every call
+(see scorer.py); `probe_rewards` checks user rewards before a run, `FailureGuard` ends a run
+whose component keeps failing.
 
 Importing this package is light (no math-verify/sympy, no torch): math-verify loads on the
 first LaTeX comparison, worker processes on the first isolated call.
+
+Import order is the registration order: the registry first, then the modules that register
+into it (r1: the built-ins, remote: the "remote" factory). No submodule imports this package,
+so the module graph has no cycle.
 """
+from rlsys.rewards.errors import RewardFailureError, RewardSpecError
 from rlsys.rewards.registry import (
     BUILTIN_REWARD_NAMES,
     FACTORY_NAMES,
     REWARD_FACTORIES,
     REWARDS,
-    RewardSpecError,
     check_spec_syntax,
     get_reward,
     register_factory,
     register_reward,
     registered_names,
 )
-from rlsys.rewards.r1 import accuracy, is_r1_format, r1_format  # registers the built-ins
-from rlsys.rewards.remote import RemoteReward  # registers the "remote" factory
+from rlsys.rewards.r1 import accuracy, is_r1_format, r1_format
+from rlsys.rewards.remote import RemoteReward
 from rlsys.rewards.equivalence import answers_match, extract_answer, normalize_answer
 from rlsys.rewards.scorer import RewardScorer
+from rlsys.rewards.failures import FailureGuard
+from rlsys.rewards.probe import probe_rewards
 
 __all__ = [
     "BUILTIN_REWARD_NAMES",
     "FACTORY_NAMES",
+    "FailureGuard",
     "REWARDS",
     "REWARD_FACTORIES",
     "RemoteReward",
+    "RewardFailureError",
     "RewardScorer",
     "RewardSpecError",
     "accuracy",
@@ -38,6 +49,7 @@ __all__ = [
     "get_reward",
     "is_r1_format",
     "normalize_answer",
+    "probe_rewards",
     "r1_format",
     "register_factory",
     "register_reward",

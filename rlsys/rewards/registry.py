@@ -14,10 +14,17 @@ A *spec* names a reward in configs. It is one of:
 
 This module imports nothing heavy, so config validation can use `BUILTIN_REWARD_NAMES`,
 `FACTORY_NAMES` and `check_spec_syntax` without loading math-verify, torch or user code.
+
+It never imports the modules that register into it (r1.py, remote.py): the package
+`__init__` imports them right after this one, and importing any `rlsys.rewards.*` module runs
+that `__init__` first, so the registry is complete before anyone can look a name up.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Dict
+
+from rlsys.rewards.errors import RewardSpecError
+from rlsys.rewards.user import load_function
 
 RewardFn = Callable[[str, "str | None", dict], float]
 
@@ -26,16 +33,12 @@ BUILTIN_REWARD_NAMES = ("r1_format", "accuracy")
 #: Names that build a reward object from options (see `REWARD_FACTORIES`).
 FACTORY_NAMES = ("remote",)
 
-#: name -> reward function. Filled by `register_reward` (built-ins on first lookup).
+#: name -> reward function. Filled by `register_reward` (built-ins: by r1.py on package import).
 REWARDS: Dict[str, RewardFn] = {}
 #: name -> factory(**options) returning a reward object.
 REWARD_FACTORIES: Dict[str, Callable[..., Any]] = {}
 # Functions registered by rlsys itself: trusted, bounded, safe to run inline (see scorer.py).
 _TRUSTED: set = set()
-
-
-class RewardSpecError(ValueError):
-    """A reward spec that cannot be resolved (unknown name, missing file or function)."""
 
 
 def register_reward(name: str, *, trusted: bool = False):
@@ -72,14 +75,8 @@ def register_factory(name: str, factory: Callable[..., Any]) -> None:
     REWARD_FACTORIES[name] = factory
 
 
-def _ensure_builtins() -> None:
-    """Register built-ins (imported lazily so this module stays import-light)."""
-    from rlsys.rewards import r1, remote  # noqa: F401  (registration side effects)
-
-
 def registered_names() -> list[str]:
     """All names a spec may use: registered functions and factories, sorted."""
-    _ensure_builtins()
     return sorted(set(REWARDS) | set(REWARD_FACTORIES))
 
 
@@ -114,7 +111,6 @@ def get_reward(spec: str, **options: Any) -> RewardFn:
     Raises RewardSpecError naming the spec (and listing registered names when unknown).
     """
     check_spec_syntax(spec)
-    _ensure_builtins()
     if spec in REWARDS:
         return REWARDS[spec]
     if spec in REWARD_FACTORIES:
@@ -123,9 +119,5 @@ def get_reward(spec: str, **options: Any) -> RewardFn:
         except TypeError as exc:
             raise RewardSpecError(f"reward factory {spec!r}: bad options {options}: {exc}") from exc
     if is_url(spec):
-        from rlsys.rewards.remote import RemoteReward
-
-        return RemoteReward(spec, **options)
-    from rlsys.rewards.user import load_function
-
+        return REWARD_FACTORIES["remote"](url=spec, **options)  # RemoteReward, see remote.py
     return load_function(spec)

@@ -17,7 +17,14 @@ Protocol (version 1):
   bodies. Not retried: other 4xx (a bad request or bad token will not fix itself).
 - After the last attempt the whole batch scores 0 and every item counts as a failure; the
   client never raises into the run. `timeout_s` bounds each attempt's connect and each read.
-- Items are sent in chunks of at most `batch_size`.
+- Items are sent in chunks of at most `batch_size`; one chunk with its retries is one *call*.
+
+Circuit breaker: after `failure_threshold` consecutive failed calls the circuit *opens*: calls
+score 0 (counted) at once, without touching the network, for `cooldown_s`; then it is
+*half-open* and the next call is a single probe attempt: success closes the circuit, failure
+opens it again. A down service thus costs a few calls, not a timeout and retries per batch.
+Each state change is logged once (WARNING when opening, INFO otherwise); failed attempts and
+calls in between are logged at DEBUG only, so a dead endpoint cannot flood the logs.
 """
 from __future__ import annotations
 
@@ -58,8 +65,11 @@ class RemoteReward:
     timeout_s:  per-attempt socket timeout.  retries: extra attempts after the first.
     backoff_s:  sleep before retry k is backoff_s * 2**(k-1).
     batch_size: items per request.
+    failure_threshold: consecutive failed calls that open the circuit.
+    cooldown_s: how long an open circuit fails calls fast before a probe call.
 
-    Counters (cumulative): requests, retries, failures (items scored 0 for a failure).
+    Counters (cumulative): requests (HTTP attempts), retried, failures (items scored 0).
+    `state` is "closed", "open" or "half-open".
     """
 
     def __init__(
@@ -71,6 +81,8 @@ class RemoteReward:
         retries: int = 2,
         backoff_s: float = 0.5,
         batch_size: int = 64,
+        failure_threshold: int = 3,
+        cooldown_s: float = 30.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"RemoteReward url must be http(s)://..., got {url!r}")
@@ -81,9 +93,15 @@ class RemoteReward:
         self.retries = max(0, int(retries))
         self.backoff_s = max(0.0, float(backoff_s))
         self.batch_size = max(1, int(batch_size))
+        self.failure_threshold = max(1, int(failure_threshold))
+        self.cooldown_s = max(0.0, float(cooldown_s))
         self.requests = 0
         self.retried = 0
         self.failures = 0
+        self.state = "closed"
+        self._failed_calls = 0  # consecutive
+        self._opened_at = 0.0
+        self._last_error = ""
 
     def __repr__(self) -> str:  # never print the token
         return f"RemoteReward({self.url!r})"
@@ -122,31 +140,68 @@ class RemoteReward:
             return None
         return float(value) if math.isfinite(value) else None
 
-    def _score_chunk(self, items: list[dict]) -> tuple[list[float], list[bool]]:
+    def _score_chunk(self, items: list[dict]) -> tuple[list[float], list]:
+        n = len(items)
         try:
             body = json.dumps({"items": items}, default=_json_default).encode("utf-8")
-        except Exception as exc:  # e.g. circular metadata
-            logger.warning("remote reward %s: cannot encode batch: %s", self.url, exc)
-            return [0.0] * len(items), [True] * len(items)
-        for attempt in range(self.retries + 1):
+        except Exception as exc:  # e.g. circular metadata: the batch's fault, not the service's
+            return [0.0] * n, [f"cannot encode the batch as JSON: {exc}"] * n
+        if not self._may_call():
+            return [0.0] * n, [f"circuit open, not called (last error: {self._last_error})"] * n
+        attempts = 1 if self.state == "half-open" else self.retries + 1
+        error = ""
+        for attempt in range(attempts):
             if attempt:
                 self.retried += 1
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                values = self._post_once(body, len(items))
+                values = self._post_once(body, n)
             except _Retryable as exc:
-                logger.warning("remote reward %s attempt %d failed: %s", self.url, attempt + 1, exc)
+                error = str(exc)
+                logger.debug("remote reward %s attempt %d failed: %s", self.url, attempt + 1, exc)
                 continue
             except Exception as exc:
-                logger.warning("remote reward %s failed (not retried): %s", self.url, exc)
+                error = f"{exc} (not retried)"
                 break
-            return [0.0 if v is None else v for v in values], [v is None for v in values]
-        return [0.0] * len(items), [True] * len(items)
+            self._call_done(ok=True)
+            return [0.0 if v is None else v for v in values], \
+                [False if v is not None else "null or non-finite reward" for v in values]
+        self._call_done(ok=False, error=error)
+        return [0.0] * n, [error] * n
+
+    def _may_call(self) -> bool:
+        """False while the circuit is open; after the cool-down it turns half-open (one probe)."""
+        if self.state == "open":
+            if time.monotonic() - self._opened_at < self.cooldown_s:
+                return False
+            self._set_state("half-open", f"after {self.cooldown_s:g}s open; probing with one call")
+        return True
+
+    def _call_done(self, ok: bool, error: str = "") -> None:
+        if ok:
+            self._failed_calls = 0
+            if self.state != "closed":
+                self._set_state("closed", "the probe call succeeded")
+            return
+        self._failed_calls += 1
+        self._last_error = error
+        if self.state == "half-open" or self._failed_calls >= self.failure_threshold:
+            self._opened_at = time.monotonic()
+            why = "the probe call failed" if self.state == "half-open" else \
+                f"{self._failed_calls} consecutive failed calls"
+            self._set_state("open", f"{why} (last: {error}); scoring 0 without calling for "
+                                    f"{self.cooldown_s:g}s")
+
+    def _set_state(self, state: str, why: str) -> None:
+        self.state = state
+        level = logging.WARNING if state == "open" else logging.INFO
+        logger.log(level, "remote reward %s: circuit %s: %s", self.url, state, why)
 
     def score_batch(
         self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]
-    ) -> tuple[list[float], list[bool]]:
-        """Score a batch; returns (rewards, failed flag per item). Never raises."""
+    ) -> tuple[list[float], list]:
+        """Score a batch; returns (rewards, failed) with failed[i] False for a good item, else a
+        string saying why it scored 0. Never raises."""
         items = [
             {
                 "response": to_text(r),
@@ -156,12 +211,12 @@ class RemoteReward:
             for r, a, m in zip(responses, answers, metadatas)
         ]
         rewards: list[float] = []
-        failed: list[bool] = []
+        failed: list = []
         for start in range(0, len(items), self.batch_size):
             chunk_rewards, chunk_failed = self._score_chunk(items[start : start + self.batch_size])
             rewards.extend(chunk_rewards)
             failed.extend(chunk_failed)
-        self.failures += sum(failed)
+        self.failures += sum(bool(f) for f in failed)
         return rewards, failed
 
     def __call__(self, response: str, answer: Optional[str] = None, metadata: Optional[dict] = None) -> float:

@@ -6,14 +6,19 @@ Three ways a component runs:
             own errors and bound math-verify with a deadline, so a process hop would only add
             latency. `isolate_builtins=True` sends them to the worker pool too.
 - isolated: everything else (file / module specs, user-registered names, plain callables) runs
-            in `IsolatedPool` worker processes with `timeout_s` per call; a call that raises,
-            returns a non-finite or non-numeric value, hangs or kills its worker scores 0
-            and counts as a failure. Calls of all isolated components run concurrently.
-- batch:    objects with `score_batch` (`RemoteReward`, URL specs, the "remote" factory) get one
-            batched call per component; they bound and count their own failures.
+            in `IsolatedPool` worker processes. The calls of one batch (one `score_groups`) run
+            concurrently under one deadline, `timeout_s`, so a function that hangs costs about
+            `timeout_s` per batch, not per sample. A call that raises, returns a non-finite or
+            non-numeric value, misses the deadline or kills its worker scores 0 and counts.
+- batch:    objects with `score_batch(responses, answers, metadatas) -> (rewards, failed)`
+            (`RemoteReward`, URL specs, the "remote" factory) get one batched call per
+            component; they bound their own calls. failed[i] is falsy for a good item, else
+            True or a string saying why.
 
 Combined reward per sample: rewards[i] = sum_k weight_k * score_k[i]; `components` holds each
 score_k before weighting, keyed by component name (the spec unless options give "name").
+Each RewardResult also counts the failed calls per component and keeps the first one's error
+and sample, which `failures.FailureGuard` turns into a run-ending error when they persist.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 from rlsys.protocol import RewardResult, RolloutGroup
 from rlsys.rewards.equivalence import to_text
 from rlsys.rewards.registry import REWARD_FACTORIES, REWARDS, get_reward, is_trusted, is_url
-from rlsys.rewards.user import IsolatedPool, canonical_spec
+from rlsys.rewards.user import IsolatedPool, canonical_spec, reward_value
 
 logger = logging.getLogger("rlsys.rewards")
 _LOG_FIRST_N = 5  # per component, then every 100th failure, so a broken function can't flood logs
@@ -56,7 +61,8 @@ class RewardScorer:
     components: [(spec, weight)] or [(spec, weight, options)]; spec is a reward spec string
                 (see registry.py) or a callable / reward object. options (dict) go to URL specs
                 and factories (token, timeout_s, ...); options["name"] renames the component.
-    timeout_s:  per-call limit for isolated components (and the default for URL specs).
+    timeout_s:  deadline for the isolated calls of one batch (and the per-attempt default for
+                URL specs).
     max_workers: worker processes for isolated components (started on first use).
     """
 
@@ -119,10 +125,6 @@ class RewardScorer:
         return _Component(name, weight, "inline", fn)
 
     @property
-    def component_names(self) -> list[str]:
-        return [c.name for c in self._components]
-
-    @property
     def worker_restarts(self) -> int:
         return self._pool.restarts if self._pool else 0
 
@@ -140,7 +142,8 @@ class RewardScorer:
         return self.score_groups([group])[0]
 
     def score_groups(self, groups: Sequence[RolloutGroup]) -> list[RewardResult]:
-        """Score many groups in one pass (isolated calls share the pool, remote calls batch)."""
+        """Score many groups as one batch: isolated calls run concurrently under one
+        `timeout_s` deadline, remote components get one batched call each."""
         responses, answers, metadatas, sizes = [], [], [], []
         for group in groups:
             answer = None if group.prompt.answer is None else to_text(group.prompt.answer)
@@ -150,81 +153,79 @@ class RewardScorer:
                 answers.append(answer)
                 metadatas.append(metadata)
             sizes.append(len(group.rollouts))
-        flat, failed = self._score_flat(responses, answers, metadatas)
+        components, errors = self._score_flat(responses, answers, metadatas)
         results, start = [], 0
-        for n in sizes:
-            part = slice(start, start + n)
-            results.append(RewardResult(
-                rewards=flat.rewards[part],
-                components={k: v[part] for k, v in flat.components.items()},
-                failures=sum(failed[part]),
-            ))
+        for group, n in zip(groups, sizes):
+            results.append(self._group_result(group.prompt.uid, start, n, components, errors))
             start += n
         return results
 
-    def score(self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]) -> RewardResult:
-        """Score aligned lists of samples; returns one RewardResult over all of them."""
-        return self._score_flat(responses, answers, metadatas)[0]
+    def _group_result(self, uid: str, start: int, n: int, components: dict, errors: dict) -> RewardResult:
+        """The samples start .. start+n-1 of a batch as one group's result."""
+        scores = {name: values[start:start + n] for name, values in components.items()}
+        counts, first = {}, {}
+        for comp in self._components:
+            failed = sorted(i for i in errors[comp.name] if start <= i < start + n)
+            counts[comp.name] = len(failed)
+            if failed:
+                first[comp.name] = RewardResult.Failure(errors[comp.name][failed[0]], uid, failed[0] - start)
+        return RewardResult(
+            rewards=[sum(c.weight * scores[c.name][i] for c in self._components) for i in range(n)],
+            components=scores, failures=sum(counts.values()), component_failures=counts,
+            first_failure=first)
 
-    def _score_flat(self, responses, answers, metadatas) -> tuple[RewardResult, list[int]]:
-        """Score samples; also returns the failed-call count per sample (to split by group)."""
+    def _score_flat(self, responses, answers, metadatas) -> tuple[dict, dict]:
+        """Score aligned samples: (component name -> [scores], component name -> {sample: error})."""
         n = len(responses)
-        responses = [to_text(r) for r in responses]
-        metadatas = [m if isinstance(m, dict) else {} for m in metadatas]
-        failed = [0] * n
+        errors: dict[str, dict[int, str]] = {c.name: {} for c in self._components}
         scores: dict[str, list[float]] = {}
         isolated = [c for c in self._components if c.mode == "isolated"]
         if isolated and n:
-            scores.update(self._run_isolated(isolated, responses, answers, metadatas, failed))
+            scores.update(self._run_isolated(isolated, responses, answers, metadatas, errors))
         for comp in self._components:
             if comp.mode == "inline":
-                scores[comp.name] = [self._run_inline(comp, r, a, m, i, failed)
+                scores[comp.name] = [self._run_inline(comp, r, a, m, i, errors)
                                      for i, (r, a, m) in enumerate(zip(responses, answers, metadatas))]
             elif comp.mode == "batch":
-                scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, failed)
+                scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, errors)
         self.calls += n * len(self._components)
-        components = {c.name: scores[c.name] for c in self._components}
-        rewards = [sum(c.weight * components[c.name][i] for c in self._components) for i in range(n)]
-        return RewardResult(rewards=rewards, components=components, failures=sum(failed)), failed
+        return {c.name: scores[c.name] for c in self._components}, errors
 
-    def _fail(self, comp: _Component, index: int, failed: list[int], why: str, timeout: bool = False) -> float:
+    def _fail(self, comp: _Component, index: int, errors: dict, why: str, timeout: bool = False,
+              log: bool = True) -> float:
+        why = " ".join(why.split())  # one line: it ends up in a one-line error message
         comp.failures += 1
         self.failures += 1
         self.timeouts += int(timeout)
-        failed[index] += 1
-        if comp.failures <= _LOG_FIRST_N or comp.failures % 100 == 0:
+        errors[comp.name][index] = why
+        if log and (comp.failures <= _LOG_FIRST_N or comp.failures % 100 == 0):
             logger.warning("reward %s failed (%d so far), scoring 0: %s", comp.name, comp.failures, why)
         return 0.0
 
-    def _run_inline(self, comp, response, answer, metadata, index, failed) -> float:
+    def _run_inline(self, comp, response, answer, metadata, index, errors) -> float:
         try:
-            value = float(comp.fn(response, answer, metadata))
+            return reward_value(comp.fn(response, answer, metadata))
         except Exception as exc:
-            return self._fail(comp, index, failed, f"{type(exc).__name__}: {exc}")
-        if not math.isfinite(value):
-            return self._fail(comp, index, failed, f"non-finite reward {value}")
-        return value
+            return self._fail(comp, index, errors, f"{type(exc).__name__}: {exc}")
 
-    def _run_batch(self, comp, responses, answers, metadatas, failed) -> list[float]:
+    def _run_batch(self, comp, responses, answers, metadatas, errors) -> list[float]:
         try:
-            values, failed_mask = comp.fn.score_batch(responses, answers, metadatas)
+            values, failed = comp.fn.score_batch(responses, answers, metadatas)
             values = [float(v) for v in values]
-            if len(values) != len(responses) or len(failed_mask) != len(responses):
+            if len(values) != len(responses) or len(failed) != len(responses):
                 raise ValueError(f"{len(values)} rewards for {len(responses)} samples")
         except Exception as exc:  # a reward object's bug must not crash the run
-            return [self._fail(comp, i, failed, repr(exc)) for i in range(len(responses))]
+            return [self._fail(comp, i, errors, repr(exc)) for i in range(len(responses))]
         out = []
-        for i, (value, bad) in enumerate(zip(values, failed_mask)):
+        for i, (value, bad) in enumerate(zip(values, failed)):
             if bad or not math.isfinite(value):
-                # the reward object already logged why; count here without re-logging each item
-                comp.failures += 1
-                self.failures += 1
-                failed[i] += 1
-                value = 0.0
+                why = bad if isinstance(bad, str) else "reported failed" if bad else f"non-finite reward {value}"
+                # the reward object logs its own failures (remote.py: once per breaker state change)
+                value = self._fail(comp, i, errors, why, log=False)
             out.append(value)
         return out
 
-    def _run_isolated(self, comps, responses, answers, metadatas, failed) -> dict[str, list[float]]:
+    def _run_isolated(self, comps, responses, answers, metadatas, errors) -> dict[str, list[float]]:
         if self._pool is None:
             preload = tuple(c.target for c in self._components if c.mode == "isolated")
             self._pool = IsolatedPool(self._max_workers, self._mp_context, preload=preload)
@@ -232,13 +233,9 @@ class RewardScorer:
         outcomes = self._pool.run(tasks, self.timeout_s)
         out, n = {}, len(responses)
         for k, comp in enumerate(comps):
-            values = []
-            for i, outcome in enumerate(outcomes[k * n : (k + 1) * n]):
-                if outcome.ok:
-                    values.append(outcome.value)
-                else:
-                    values.append(self._fail(comp, i, failed, outcome.error, outcome.timed_out))
-            out[comp.name] = values
+            out[comp.name] = [outcome.value if outcome.ok else
+                              self._fail(comp, i, errors, outcome.error, outcome.timed_out)
+                              for i, outcome in enumerate(outcomes[k * n : (k + 1) * n])]
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -2,9 +2,9 @@
 
 User code is untrusted in the sense that it may raise, hang, leak or kill its process. It runs
 in worker processes (`IsolatedPool`) that the parent can kill and replace: a call that raises,
-returns a non-finite / non-numeric value, exceeds its timeout or kills its worker is reported
-as a failure (the scorer gives it 0 and counts it); the training process never waits longer
-than the timeout for it.
+returns a non-finite / non-numeric value, misses the batch deadline or kills its worker is
+reported as a failure (the scorer gives it 0 and counts it); the training process never waits
+longer than the deadline for a batch of calls.
 
 Workers use the "spawn" start method by default: forking a process that already runs threads
 (Ray, vLLM, torch) can deadlock the child. Spawn re-imports the parent's `__main__`, so entry
@@ -12,21 +12,20 @@ scripts need the usual `if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import logging
 import math
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_connections
 from typing import Any, Callable, Optional
 
-from rlsys.rewards.registry import RewardSpecError
+from rlsys import plugins
+from rlsys.plugins import spec_problem
+from rlsys.rewards.errors import RewardSpecError
 
 logger = logging.getLogger("rlsys.rewards")
 
@@ -34,69 +33,42 @@ logger = logging.getLogger("rlsys.rewards")
 # ----------------------------------------------------------------------------- loading
 
 
-def _split_spec(spec: str) -> tuple[str, str]:
-    target, sep, func = spec.rpartition(":")
-    if not sep or not target or not func.isidentifier():
-        raise RewardSpecError(
-            f"reward spec {spec!r}: expected 'path/to/file.py:function' or 'package.module:function'"
-        )
-    return target, func
-
-
-def _is_file_target(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
 def canonical_spec(spec: str) -> str:
     """The spec with a file path made absolute, so a worker resolves the same file."""
-    target, func = _split_spec(spec)
-    if _is_file_target(target):
+    problem = spec_problem(spec) if ":" in spec else "expected 'path/to/file.py:function' or 'package.module:function'"
+    if problem and "not found" not in problem:
+        raise RewardSpecError(f"reward spec {spec!r}: {problem}")
+    target, func = spec.rsplit(":", 1)
+    if target.endswith(".py") or "/" in target or os.sep in target:
         return f"{os.path.abspath(os.path.expanduser(target))}:{func}"
     return spec
 
 
-def _import_file(path: str, spec: str):
-    """Import a .py file under a stable private module name (one module object per path)."""
-    if not os.path.isfile(path):
-        raise RewardSpecError(f"reward spec {spec!r}: file not found: {path}")
-    name = "rlsys_user_reward_" + hashlib.sha1(path.encode("utf-8", "replace")).hexdigest()[:16]
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise RewardSpecError(f"reward spec {spec!r}: cannot import {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # before exec: dataclasses/pickle look the module up by name
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise RewardSpecError(f"reward spec {spec!r}: importing {path} failed: {exc!r}") from exc
-    return module
-
-
 def load_function(spec: str) -> Callable:
-    """Load `fn` from 'path/to/file.py:fn' or 'package.module:fn'; RewardSpecError if absent."""
-    target, func = _split_spec(spec)
-    if _is_file_target(target):
-        module = _import_file(os.path.abspath(os.path.expanduser(target)), spec)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise RewardSpecError(f"reward spec {spec!r}: cannot import module {target!r}: {exc}") from exc
-        except Exception as exc:
-            raise RewardSpecError(f"reward spec {spec!r}: importing {target!r} failed: {exc!r}") from exc
-    fn = getattr(module, func, None)
-    if fn is None:
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise RewardSpecError(f"reward spec {spec!r}: no function {func!r} in {target} (found: {found})")
-    if not callable(fn):
-        raise RewardSpecError(f"reward spec {spec!r}: {func!r} is not callable")
-    return fn
+    """Load `fn` from 'path/to/file.py:fn' or 'package.module:fn' (rlsys/plugins.py does the
+    import); RewardSpecError naming the spec when it cannot."""
+    try:
+        return plugins.load_function(spec)
+    except plugins.PluginError as err:
+        reason = str(err).removeprefix(f"{spec}: ")
+        raise RewardSpecError(f"reward spec {spec!r}: {reason}") from err
 
 
 # ----------------------------------------------------------------------------- worker side
+
+
+def reward_value(raw: Any) -> float:
+    """A reward function's return value as a finite float; TypeError / ValueError saying why not.
+
+    Strings are refused although float("0.5") would parse: a reward returning text is a bug
+    (e.g. a label returned instead of a score), not a number to guess at.
+    """
+    if raw is None or isinstance(raw, (str, bytes)):
+        raise TypeError(f"reward returned {type(raw).__name__} {raw!r:.60}, expected a number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"reward is not finite: {value}")
+    return value
 
 
 def _worker_main(conn, preload: tuple = ()) -> None:
@@ -133,10 +105,7 @@ def _worker_main(conn, preload: tuple = ()) -> None:
                 fn = cache[ref]
             else:
                 fn = ref
-            value = float(fn(response, answer, metadata))
-            if not math.isfinite(value):
-                raise ValueError(f"reward is not finite: {value}")
-            reply = (task_id, True, value)
+            reply = (task_id, True, reward_value(fn(response, answer, metadata)))
         except BaseException as exc:  # SystemExit too: one bad call must not end the worker
             reply = (task_id, False, f"{type(exc).__name__}: {exc}"[:500])
         try:
@@ -159,7 +128,7 @@ class CallOutcome:
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipe. Call `wait_ready` before use."""
+    """One worker process and the parent's end of its pipe; its first message is "ready"."""
 
     def __init__(self, ctx, preload: tuple) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
@@ -167,12 +136,6 @@ class _Worker:
                                 name="rlsys-reward")
         self.proc.start()
         child.close()  # the parent keeps only its end, so a dead child reads as EOF
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        try:
-            return self.conn.poll(timeout_s) and self.conn.recv() == "ready"
-        except (EOFError, OSError):
-            return False
 
     def kill(self) -> None:
         try:
@@ -187,11 +150,15 @@ class _Worker:
 
 
 class IsolatedPool:
-    """Up to `max_workers` killable worker processes running reward calls with a deadline each.
+    """Up to `max_workers` killable worker processes running a batch of reward calls under one
+    deadline.
 
-    `run` dispatches calls to idle workers and waits on all busy pipes at once; a worker whose
-    call passes its deadline (or dies) is killed and replaced lazily. Thread-safe (one `run`
-    at a time).
+    `run` waits until the workers are up (process start-up can take seconds on a loaded machine
+    and is not charged to the calls), then keeps every worker busy, giving a free worker to the
+    target with the fewest calls in flight, so a function that hangs holds at most its share of
+    the workers while the others finish. At the deadline every call still running times out and
+    its worker is killed; calls not started by then fail without running. A killed or crashed
+    worker is replaced at once, in the background. Thread-safe (one `run` at a time).
     """
 
     def __init__(self, max_workers: int = 2, mp_context: str = "spawn", preload: tuple = (),
@@ -201,101 +168,157 @@ class IsolatedPool:
         self._preload = tuple(preload)
         self._startup_timeout_s = startup_timeout_s
         self._idle: list[_Worker] = []
-        self._count = 0  # live workers (idle or busy)
+        self._starting: list[_Worker] = []  # spawned, "ready" not yet read
         self._lock = threading.Lock()
         self.restarts = 0  # workers killed after a timeout or a crash
         self._closed = False
 
-    def _start_workers(self, wanted: int) -> None:
-        """Start workers up to `wanted` in parallel; deadlines start only once they are ready.
+    # ---------------------------------------------------------------- workers
 
-        Process start-up (interpreter, imports) can take seconds on a loaded machine; charging
-        it to a call's timeout would fail healthy reward functions.
-        """
-        new = [_Worker(self._ctx, self._preload) for _ in range(min(wanted, self.max_workers) - self._count)]
-        for worker in new:
-            if worker.wait_ready(self._startup_timeout_s):
-                self._idle.append(worker)
-                self._count += 1
-            else:
-                logger.warning("reward worker failed to start within %.0fs", self._startup_timeout_s)
-                worker.kill()
+    def _spawn(self, n: int) -> None:
+        self._starting.extend(_Worker(self._ctx, self._preload) for _ in range(n))
 
-    def _acquire(self) -> Optional[_Worker]:
-        return self._idle.pop() if self._idle else None
-
-    def _discard(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker) -> None:
         worker.kill()
-        self._count -= 1
         self.restarts += 1
+        self._spawn(1)
+
+    def _admit(self, worker: _Worker) -> None:
+        """Read a starting worker's first message: idle if it says ready, else gone."""
+        self._starting.remove(worker)
+        try:
+            ready = worker.conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if ready:
+            self._idle.append(worker)
+        else:
+            logger.warning("a reward worker exited during start-up")
+            worker.kill()
+
+    def _await_startup(self) -> None:
+        end = time.monotonic() + self._startup_timeout_s
+        while self._starting:
+            by_conn = {w.conn: w for w in self._starting}
+            ready = wait_connections(list(by_conn), timeout=max(0.0, end - time.monotonic()))
+            if not ready:
+                logger.warning("%d reward worker(s) failed to start within %.0fs",
+                               len(self._starting), self._startup_timeout_s)
+                for worker in self._starting:
+                    worker.kill()
+                self._starting.clear()
+            for conn in ready:
+                self._admit(by_conn[conn])
+
+    # ---------------------------------------------------------------- one batch
 
     def run(self, tasks: list[tuple[Any, Any, Any, Any]], timeout_s: float) -> list[CallOutcome]:
-        """Run (target, response, answer, metadata) tasks; one outcome per task, in order."""
+        """Run (target, response, answer, metadata) tasks within `timeout_s` in all; one outcome
+        per task, in order."""
         outcomes = [CallOutcome() for _ in tasks]
         with self._lock:
             if self._closed:
                 raise RuntimeError("IsolatedPool is closed")
-            pending = list(range(len(tasks)))[::-1]  # pop() from the end keeps task order
-            busy: dict[Any, tuple[_Worker, int, float]] = {}
-            self._resent: set[int] = set()  # tasks already re-queued after a dead idle worker
-            while pending or busy:
-                self._start_workers(len(pending) + len(busy))
-                if not self._idle and not busy:  # no worker could start: fail what is left
-                    for idx in pending:
-                        outcomes[idx] = CallOutcome(ok=False, error="no reward worker could start")
+            self._spawn(self.max_workers - len(self._idle) - len(self._starting))
+            self._await_startup()
+            batch = _Batch(tasks, outcomes, time.monotonic() + timeout_s)
+            while batch.left():
+                self._dispatch(batch)
+                remaining = batch.deadline - time.monotonic()
+                if remaining <= 0 or not (batch.busy or self._idle or self._starting):
                     break
-                self._dispatch(tasks, pending, busy, outcomes, timeout_s)
-                if busy:
-                    self._collect(busy, outcomes, timeout_s)
+                self._collect(batch, remaining)
+            self._expire(batch, timeout_s)
         return outcomes
 
-    def _dispatch(self, tasks, pending, busy, outcomes, timeout_s) -> None:
-        while pending:
-            worker = self._acquire()
-            if worker is None:
+    def _dispatch(self, batch: "_Batch") -> None:
+        while self._idle:
+            queue = batch.next_queue()
+            if queue is None:
                 return
-            idx = pending.pop()
+            idx = batch.queues[queue].popleft()
+            worker = self._idle.pop()
             try:
-                worker.conn.send((idx, *tasks[idx]))
+                worker.conn.send((idx, *batch.tasks[idx]))
             except OSError as exc:  # the worker died while idle (e.g. OOM-killed): not the call's
-                self._discard(worker)  # fault, so re-queue it once on a fresh worker
-                if idx in self._resent:
-                    outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}")
+                self._replace(worker)  # fault, so re-queue it once for another worker
+                if idx in batch.resent:
+                    batch.outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}")
                 else:
-                    self._resent.add(idx)
-                    pending.append(idx)
+                    batch.resent.add(idx)
+                    batch.queues[queue].appendleft(idx)
                 continue
             except Exception as exc:  # unpicklable metadata or function
-                outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}"[:500])
+                batch.outcomes[idx] = CallOutcome(ok=False, error=f"cannot send task: {exc!r}"[:500])
                 self._idle.append(worker)
                 continue
-            busy[worker.conn] = (worker, idx, time.monotonic() + timeout_s)
+            batch.busy[worker.conn] = (worker, idx, queue)
+            batch.in_flight[queue] += 1
 
-    def _collect(self, busy, outcomes, timeout_s) -> None:
-        next_deadline = min(deadline for _, _, deadline in busy.values())
-        ready = wait_connections(list(busy), timeout=max(0.0, next_deadline - time.monotonic()))
-        for conn in ready:
-            worker, idx, _ = busy.pop(conn)
+    def _collect(self, batch: "_Batch", timeout: float) -> None:
+        starting = {w.conn: w for w in self._starting}
+        for conn in wait_connections([*batch.busy, *starting], timeout=timeout):
+            if conn in starting:
+                self._admit(starting[conn])
+                continue
+            worker, idx, queue = batch.busy.pop(conn)
+            batch.in_flight[queue] -= 1
             try:
                 task_id, ok, payload = conn.recv()
                 assert task_id == idx, "worker reply out of order"
             except Exception as exc:  # EOF: the user function killed its worker
-                outcomes[idx] = CallOutcome(ok=False, error=f"worker died: {exc!r}")
-                self._discard(worker)
+                batch.outcomes[idx] = CallOutcome(ok=False, error=f"worker died: {exc!r}")
+                self._replace(worker)
                 continue
-            outcomes[idx] = CallOutcome(value=payload) if ok else CallOutcome(ok=False, error=payload)
+            batch.outcomes[idx] = CallOutcome(value=payload) if ok else CallOutcome(ok=False, error=payload)
             self._idle.append(worker)
-        now = time.monotonic()
-        for conn in [c for c, (_, _, deadline) in busy.items() if deadline <= now]:
-            worker, idx, _ = busy.pop(conn)
-            outcomes[idx] = CallOutcome(ok=False, timed_out=True, error=f"timed out after {timeout_s}s")
-            self._discard(worker)
+
+    def _expire(self, batch: "_Batch", timeout_s: float) -> None:
+        """Fail what is left when `run` stops: at the deadline, or with no worker to run on."""
+        no_workers = not (self._idle or self._starting or batch.busy)
+        for worker, idx, _ in batch.busy.values():
+            batch.outcomes[idx] = CallOutcome(
+                ok=False, timed_out=True, error=f"timed out: still running at the {timeout_s:g}s batch deadline")
+            self._replace(worker)
+        for queue in batch.queues:
+            for idx in queue:
+                batch.outcomes[idx] = CallOutcome(ok=False, error="no reward worker could start") if no_workers \
+                    else CallOutcome(ok=False, timed_out=True,
+                                     error=f"timed out: not started by the {timeout_s:g}s batch deadline")
 
     def close(self) -> None:
-        """Stop all idle workers (busy ones only exist inside `run`)."""
+        """Stop all workers (busy ones only exist inside `run`)."""
         with self._lock:
             self._closed = True
-            for worker in self._idle:
+            for worker in self._idle + self._starting:
                 worker.kill()
             self._idle.clear()
-            self._count = 0
+            self._starting.clear()
+
+
+class _Batch:
+    """The state of one `IsolatedPool.run`: tasks queued per target, calls in flight."""
+
+    def __init__(self, tasks: list[tuple], outcomes: list[CallOutcome], deadline: float) -> None:
+        self.tasks, self.outcomes, self.deadline = tasks, outcomes, deadline
+        targets: list[Any] = []
+        self.queues: list[deque] = []
+        for idx, task in enumerate(tasks):
+            for k, target in enumerate(targets):
+                if target is task[0] or target == task[0]:
+                    self.queues[k].append(idx)
+                    break
+            else:
+                targets.append(task[0])
+                self.queues.append(deque([idx]))
+        self.in_flight = [0] * len(self.queues)
+        self.busy: dict[Any, tuple[_Worker, int, int]] = {}  # conn -> (worker, task, queue)
+        self.resent: set[int] = set()  # tasks re-queued once after a dead idle worker
+
+    def left(self) -> bool:
+        return bool(self.busy) or any(self.queues)
+
+    def next_queue(self) -> Optional[int]:
+        """The target with work queued and the fewest calls in flight (first seen on ties)."""
+        waiting = [k for k, q in enumerate(self.queues) if q]
+        return min(waiting, key=lambda k: self.in_flight[k]) if waiting else None

@@ -70,21 +70,17 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
-    out = tmp_path / "runs"
-    job_id = f"rlsys-e2e-{int(time.time())}"
-    runtime_env = {"excludes": [".venv", ".git", "runs", "wandb", "*.egg-info", "__pycache__"],
-                   "env_vars": {"RAY_AUTH_MODE": "disabled"}}
-    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--submission-id", job_id,
-              "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-              sys.executable, "-m", "launch.train", "--config", "configs/default.yaml",
-              "resources.address=auto", "total_steps=2", "sampling.prompts_per_step=4", "rollout.n=4",
-              "rollout.max_new_tokens=16", "eval.max_prompts=8", "logging.wandb=offline",
-              "logging.progress_bar=false", f"output_dir={out}", f"model.path={tiny_model_dir}",
-              "data.synthetic.train_size=64", "data.synthetic.test_size=8"]
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def _submit(ray_head: str, job_id: str, args: list[str], env_vars: dict, wait: bool = True):
+    """`ray job submit` of `python -m launch.train ARGS`, once the job server and its agent are up
+    (`ray start` returns before they answer; a refusal for a missing agent creates no job, so the
+    same submission is retried). -> the finished `ray job submit` process."""
+    from ray.job_submission import JobSubmissionClient
 
-    # `ray start` returns before the job server answers; submit only once it does.
+    runtime_env = {"excludes": [".venv", ".git", "runs", "wandb", "*.egg-info", "__pycache__"],
+                   "env_vars": {"RAY_AUTH_MODE": "disabled", **env_vars}}
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--submission-id", job_id,
+              "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env),
+              *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "launch.train", *args]
     deadline = time.time() + 180
     while True:
         try:
@@ -94,13 +90,26 @@ def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
             if time.time() > deadline:
                 raise
             time.sleep(2)
-    # The job server can answer before the node's job agent has registered ("No available
-    # agent to submit job"); that refusal creates no job, so the same submission is retried.
     while True:
         proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=900)
         if proc.returncode == 0 or "No available agent" not in proc.stderr or time.time() > deadline:
-            break
+            return proc
         time.sleep(3)
+
+
+def _job_args(out: Path, tiny_model_dir, steps: int) -> list[str]:
+    return ["--config", "configs/default.yaml", "resources.address=auto", f"total_steps={steps}",
+            "sampling.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=16", "eval.max_prompts=8",
+            "logging.wandb=offline", "logging.progress_bar=false", f"output_dir={out}",
+            f"model.path={tiny_model_dir}", "data.synthetic.train_size=64", "data.synthetic.test_size=8"]
+
+
+def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    out = tmp_path / "runs"
+    job_id = f"rlsys-e2e-{int(time.time())}"
+    proc = _submit(ray_head, job_id, _job_args(out, tiny_model_dir, 2), {})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     status = JobSubmissionClient(ray_head).get_job_status(job_id)
     assert status == JobStatus.SUCCEEDED, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -109,6 +118,42 @@ def test_default_job_through_ray_job_submit(ray_head, tmp_path, tiny_model_dir):
     rows = [json.loads(line) for line in runs[0].read_text().splitlines()]
     steps = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    assert all(0.0 <= r["reward/accuracy"] <= 1.0 for r in steps)
+    # Each step's logged accuracy is the mean of the accuracy its recorded samples got.
+    import pyarrow.parquet as pq
+
+    for r in steps:
+        rows_of_step = pq.read_table(runs[0].parent / "rollouts" / f"step_{r['step']:06d}.parquet").to_pylist()
+        recorded = [dict(x["reward_components"])["accuracy"] for x in rows_of_step]
+        assert len(recorded) == 4 * 4 and r["reward/accuracy"] == sum(recorded) / len(recorded)
     assert any("eval/accuracy" in r for r in rows)
     assert (runs[0].parent / "summary.json").exists()
+
+
+def test_ray_job_stop_checkpoints_the_run(ray_head, tmp_path, tiny_model_dir):
+    """`ray job stop` sends SIGTERM; with RAY_JOB_STOP_WAIT_TIME_S long enough the run writes a
+    checkpoint and its summary before it exits, and the job ends STOPPED."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    out = tmp_path / "runs"
+    job_id = f"rlsys-e2e-stop-{int(time.time())}"
+    proc = _submit(ray_head, job_id, _job_args(out, tiny_model_dir, 50), {"RAY_JOB_STOP_WAIT_TIME_S": "120"},
+                   wait=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = JobSubmissionClient(ray_head)
+    deadline = time.time() + 600
+    while not any('"step": 1,' in p.read_text() for p in out.glob("default-*/metrics.jsonl")):
+        assert time.time() < deadline and client.get_job_status(job_id) == JobStatus.RUNNING, \
+            client.get_job_logs(job_id)[-4000:]
+        time.sleep(1)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        assert time.time() < deadline
+        time.sleep(1)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id) == JobStatus.STOPPED, logs[-4000:]
+    (run_dir,) = out.glob("default-*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped"] == "SIGTERM" and 1 <= summary["steps"] < 50, logs[-4000:]
+    assert Path(summary["checkpoint"]).is_dir() and f"resume: rlsys train --resume {run_dir}" in logs

@@ -11,17 +11,19 @@ import os
 
 import pytest
 
-from test_learner_group import make_samples, on_all, ray_local, shard, start_group  # noqa: F401
+from test_learner_group import (make_samples, on_all, ray_local, shard, start_dp_group,  # noqa: F401
+                                start_group, trainer_and_rest)
 
 pytestmark = pytest.mark.integration
 
 
 def test_reference_matches_learner(ray_local, tiny_model_dir):  # noqa: F811
     from actors.reference import ReferenceActor
+    from rlsys.specs import ReferenceSpec
 
     ray = ray_local
     samples = make_samples(str(tiny_model_dir), 5, seed=2)
-    ref = ray.remote(num_cpus=1)(ReferenceActor).remote(str(tiny_model_dir), "float32", micro_batch_size=2)
+    ref = ray.remote(num_cpus=1)(ReferenceActor).remote(ReferenceSpec(str(tiny_model_dir), "float32", micro_batch_size=2))
     group = start_group(ray, str(tiny_model_dir), 2, zero_stage=3)
     ref_lp = ray.get(ref.compute_logprobs.remote(samples))
     lps = on_all(ray, group, "compute_logprobs", *[(b.samples,) for (b,) in shard(samples, 2)])
@@ -37,17 +39,20 @@ def test_reference_matches_learner(ray_local, tiny_model_dir):  # noqa: F811
 def test_critic_two_ranks(ray_local, tiny_model_dir):  # noqa: F811
     import torch
 
-    from actors import free_port
     from actors.critic import CriticActor
+    from rlsys.specs import CriticSpec
 
     ray = ray_local
     samples = make_samples(str(tiny_model_dir), 6, seed=3)
     for s in samples:
         s.returns = torch.full((s.response_length,), 1.0)
-    Actor = ray.remote(num_cpus=1)(CriticActor)
-    port = free_port()
-    kw = dict(zero_stage=2, lr=1e-3, dtype="float32", micro_batch_size=2, value_clip=0.5, seed=0)
-    group = [Actor.remote(r, 2, "127.0.0.1", port, str(tiny_model_dir), kw) for r in range(2)]
+    # Gradient checkpointing and the loss aggregation reach the critic from its spec.
+    trainer, _ = trainer_and_rest(str(tiny_model_dir), dict(
+        zero_stage=2, lr=1e-3, dtype="float32", micro_batch_size=2, seed=0, gradient_checkpointing=True,
+        loss_agg="seq_mean_token_mean"))
+    group = start_dp_group(ray, CriticActor, CriticSpec(trainer, value_clip=0.5), 2)
+    info = ray.get(group[0].ready.remote())
+    assert info["gradient_checkpointing"] is True and info["loss_agg"] == "seq_mean_token_mean"
     v0 = on_all(ray, group, "compute_values", *[(b.samples,) for (b,) in shard(samples, 2)])
     assert [t.shape[0] for t in v0[0] + v0[1]] == [s.response_length for s in samples]
     m1 = on_all(ray, group, "train_step", *shard(samples, 2))

@@ -27,13 +27,11 @@ COMMON = dict(lr=1e-3, dtype="float32", micro_batch_size=2, grad_clip=1.0, seed=
 
 @pytest.fixture(scope="module")
 def ray_local():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from launch.cluster import start_local_ray
+
     # Workers must import rlsys/actors and this file's receiver class.
     os.environ["PYTHONPATH"] = os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")])
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray = start_local_ray(num_cpus=4, log_to_driver=False)  # every listener on 127.0.0.1
     yield ray
     ray.shutdown()
 
@@ -72,15 +70,35 @@ def make_samples(model_dir, n, seed=0):
     return out
 
 
-def start_group(ray, model_dir, world, **kw):
-    from actors import free_port
-    from actors.learner import LearnerActor
+def trainer_and_rest(model_dir, options: dict):
+    """(TrainerSpec of `options`' trainer fields, the remaining options)."""
+    from dataclasses import fields
 
-    Actor = ray.remote(num_cpus=1)(LearnerActor)
+    from rlsys.specs import TrainerSpec
+
+    names = {f.name for f in fields(TrainerSpec)}
+    trainer = TrainerSpec(model_dir, **{k: v for k, v in options.items() if k in names})
+    return trainer, {k: v for k, v in options.items() if k not in names}
+
+
+def start_dp_group(ray, actor_cls, spec, world):
+    """`world` ranks of a learner-like actor on a free loopback port; waits until all are up."""
+    from actors import free_port
+    from rlsys.specs import DistRank
+
+    Actor = ray.remote(num_cpus=1)(actor_cls)
     port = free_port()
-    group = [Actor.remote(r, world, "127.0.0.1", port, model_dir, dict(COMMON, **kw)) for r in range(world)]
+    group = [Actor.remote(spec, DistRank(r, world, "127.0.0.1", port)) for r in range(world)]
     ray.get([a.ready.remote() for a in group])
     return group
+
+
+def start_group(ray, model_dir, world, **kw):
+    from actors.learner import LearnerActor
+    from rlsys.specs import LearnerSpec
+
+    trainer, rest = trainer_and_rest(model_dir, dict(COMMON, **kw))
+    return start_dp_group(ray, LearnerActor, LearnerSpec(trainer, **rest), world)
 
 
 def on_all(ray, group, method, *per_rank_args):

@@ -58,7 +58,7 @@ def cfg(media_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roles(ray_cluster, tiny_model_dir, cfg):
-    from rlsys.distributed.launcher import start_roles
+    from launch.roles import start_roles
 
     roles = start_roles(cfg, str(tiny_model_dir))
     yield roles
@@ -124,7 +124,8 @@ def test_generate_and_train_on_ref_form_prompts(roles, cfg, byte_prompts):
     import torch
 
     from rlsys.batching import build_train_batch
-    from rlsys.distributed.roles import scoring_samples, wait
+    from rlsys.distributed.pending import wait
+    from rlsys.distributed.clients import scoring_samples
     from rlsys.protocol import ScoredGroup
 
     prompts = roles.offload_media(byte_prompts)
@@ -154,7 +155,7 @@ def test_generate_and_train_on_ref_form_prompts(roles, cfg, byte_prompts):
 def _held(roles, cfg, prompts, g: int) -> dict:
     """Driver memory for one step's groups at G = g (media_store.batch_footprint): `python_heap`
     is its tracemalloc heap, `inline` the bytes those objects serialize to."""
-    from rlsys.distributed.media_store import batch_footprint
+    from rlsys.distributed.footprint import batch_footprint
 
     fp = batch_footprint(roles, cfg, prompts, g, max_new_tokens=8)
     return {"python_heap": fp["heap"], "inline": fp["held"], "samples": fp["samples"]}

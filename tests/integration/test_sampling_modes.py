@@ -26,7 +26,7 @@ def _config(task_data, out_dir, overrides=()):
 
 @pytest.fixture(scope="module")
 def roles(ray_cluster, tiny_model_dir, task_data, tmp_path_factory):
-    from rlsys.distributed.launcher import start_roles
+    from launch.roles import start_roles
 
     roles = start_roles(_config(task_data, tmp_path_factory.mktemp("out")), str(tiny_model_dir))
     yield roles

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from loop_config import SIGNAL_REWARD
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 # As in test_training_loop.py: float32 engine and learner agree to rounding after a sync.
 LOGPROB_TOL = 2e-3
-SIGNAL_REWARD = f"{Path(__file__).with_name('signal_reward.py')}:distinct_chars"
 G = 4
 
 
@@ -107,7 +108,7 @@ def three_nodes(monkeypatch):
 def test_roles_on_different_nodes_sync_across(three_nodes, tiny_model_dir, task_data, tmp_path):
     import ray
 
-    from rlsys.distributed.launcher import start_roles
+    from launch.roles import start_roles
 
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 3
@@ -136,7 +137,7 @@ def test_roles_on_different_nodes_sync_across(three_nodes, tiny_model_dir, task_
 def test_two_engines_share_every_step(ray_cluster, tiny_model_dir, task_data, tmp_path):
     import pyarrow.parquet as pq
 
-    from rlsys.distributed.launcher import start_roles
+    from launch.roles import start_roles
 
     B = 8
     cfg = _config(task_data, tmp_path, [f"sampling.prompts_per_step={B}", "rollout.num_engines=2"])

@@ -41,7 +41,7 @@ def train_prompts(task_data, tmp_path_factory):
 
 
 def _start(cfg, model_dir):
-    from rlsys.distributed.launcher import start_roles
+    from launch.roles import start_roles
 
     return start_roles(cfg, str(model_dir))
 
@@ -78,18 +78,30 @@ def test_scoring_starts_while_later_groups_still_generate(roles, task_data, trai
 
     assert replayed == [] and [sg.group.prompt.uid for sg in scored] == [p.uid for p in prompts]
     assert all(sg.group.size == G and sg.ref_logprobs is not None for sg in scored)
-    last_finished = max(sg.group.finished_at for sg in scored)
-    first_finished = min(sg.group.finished_at for sg in scored)
-    assert last_finished > first_finished, "groups all finished at once: nothing to overlap"
-    reward_starts = [start for start, _ in ray.get(roles.reward.actor.call_log.remote())]
-    ref_starts = [start for start, _ in ray.get(roles.reference.actor.call_log.remote())]
-    assert len(reward_starts) >= B and len(ref_starts) >= B  # one call per group
-    assert min(reward_starts[-B:]) < last_finished, "reward work began only after generation ended"
-    assert min(ref_starts[-B:]) < last_finished, "reference work began only after generation ended"
+    # The driver's own event order: with at most 2 groups in scoring, group 3 can be taken only
+    # after a group was fully scored (rewards and reference), so scoring overlapped generation.
+    events = batch.events
+    assert [k for k, _ in events].count("arrived") == B == [k for k, _ in events].count("scored")
+    first_scored = events.index(next(e for e in events if e[0] == "scored"))
+    last_arrived = max(i for i, e in enumerate(events) if e[0] == "arrived")
+    assert first_scored < last_arrived, f"no group was scored before the last one arrived: {events}"
+    assert max(_in_scoring(events)) <= 2  # rollout.max_scoring_groups
+    # One reward call and one reference call per group, each made by its actor.
+    assert len(ray.get(roles.reward.actor.call_log.remote())) >= B
+    assert len(ray.get(roles.reference.actor.call_log.remote())) >= B
     s = batch.stats
     assert 0 < s.first_group_s <= s.first_scored_s < s.generation_s
     assert 0 < s.overlap_fraction <= 1
-    assert 1 <= s.peak_scoring <= 2  # rollout.max_scoring_groups
+    assert s.peak_scoring == max(_in_scoring(events))
+
+
+def _in_scoring(events: list[tuple[str, int]]) -> list[int]:
+    """How many groups were in scoring after each event."""
+    out, n = [], 0
+    for kind, _ in events:
+        n += 1 if kind == "arrived" else -1
+        out.append(n)
+    return out
 
 
 def test_max_staleness_two_bounds_the_version_lag(roles, task_data, train_prompts, tmp_path):
@@ -102,10 +114,10 @@ def test_max_staleness_two_bounds_the_version_lag(roles, task_data, train_prompt
     # the first sync (v0+1). Learner versions at steps 1-4 are v0..v0+3, so the lags are:
     assert [r["async/version_lag_max"] for r in rows] == [0.0, 1.0, 2.0, 2.0]
     assert [r["async/version_lag_mean"] for r in rows] == [0.0, 1.0, 2.0, 2.0]
-    assert all(r["async/version_lag_max"] <= 2 for r in rows)
     assert _digest(roles) != before, "policy parameters did not change"
+    # Step 1 is on-policy: learner and engine log-probs agree, no importance weight hits the cap.
+    assert rows[0]["learner/is_weight_clip_frac"] == 0.0
     for r in rows:
-        assert 0.0 <= r["learner/is_weight_clip_frac"] <= 1.0
         assert all(math.isfinite(v) for k, v in r.items() if not k.startswith("stream/")), r
     # Every recorded sample carries the version that generated it.
     step3 = pq.read_table(tmp_path / "rollouts" / "step_000003.parquet").column("policy_version").to_pylist()

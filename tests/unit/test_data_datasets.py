@@ -84,8 +84,10 @@ CASES = {
     "image_count_mismatch": Case({"messages": _user(IMG, TXT), "images": ["img.png"]},
                                  {"messages": _user(IMG, IMG, TXT), "images": ["img.png"]},
                                  "messages", "2 image placeholders but 1 images"),
-    "duplicate_id": Case(_q(id="a"), _q(id="a"), "id", "duplicate id 'a' (first at row 0)"),
+    "duplicate_id": Case(_q(id="a"), _q(id="a"), "id", "duplicate id 'a' (first at {first})"),
 }
+# Row 1 of a JSONL file is its line 2; a Parquet row is named by its 0-based index.
+WHERE = {"jsonl": ("line 2", "line 1"), "parquet": ("row 1", "row 0")}
 PARAMS = [(c, f) for c in sorted(CASES) for f in CASES[c].formats]
 
 
@@ -107,9 +109,10 @@ def test_bad_row_raises_naming_file_row_field_reason(case, fmt, tmp_path):
     with pytest.raises(DataError) as exc:
         load_prompts(path, **c.kwargs)
     msg = str(exc.value)
-    assert msg.startswith(f"{path} row 1 field '{c.field}': "), msg
-    assert c.reason in msg
-    assert (exc.value.row, exc.value.field) == (1, c.field)
+    where, first = WHERE[fmt]
+    assert msg == f"{path}: {where}: {c.field}: {exc.value.reason}" and "\n" not in msg
+    assert c.reason.format(first=first) in exc.value.reason
+    assert (exc.value.row, exc.value.field, exc.value.line) == (1, c.field, 2 if fmt == "jsonl" else None)
 
 
 @pytest.mark.parametrize("case, fmt", PARAMS)
@@ -121,17 +124,46 @@ def test_skip_mode_counts_logs_and_keeps_good_rows(case, fmt, tmp_path, caplog):
         res = load_prompts(path, on_bad_row="skip", **c.kwargs)
     assert len(res.prompts) == 2 and res.num_rows == 3
     [skip] = res.skipped
-    assert isinstance(skip, SkippedRow) and (skip.row, skip.field) == (1, c.field)
-    assert c.reason in skip.reason and skip.message.startswith(f"{path} row 1 ")
-    assert skip.message in caplog.text
+    where, first = WHERE[fmt]
+    assert isinstance(skip, SkippedRow) and (skip.row, skip.field) == (1, c.field) and res.skip_count == 1
+    assert skip.where == f"{path}: {where}: {c.field}" and c.reason.format(first=first) in skip.reason
+    assert skip.message == f"{skip.where}: {skip.reason}" and skip.message in caplog.text
 
 
-def test_invalid_json_line_is_a_bad_row(tmp_path):
+def test_bad_lines_are_named_by_line_number_and_column(tmp_path):
+    (tmp_path / "img.png").write_bytes(PNG)
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"prompt": "q"}) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"d.jsonl row 1 field '<row>': invalid JSON"):
+    lines = [json.dumps({"prompt": "q"}),  # line 1
+             "",  # line 2: blank, not a row, still counted
+             '{"prompt": "r", "answer": [1}',  # line 3: "}" is character 29 of the line
+             json.dumps(_q(images=["img.png", "gone.png"])),  # line 4
+             "   ",  # line 5
+             '{"prompt": "\xff"}']  # line 6: not UTF-8
+    path.write_bytes("\n".join(lines[:5]).encode() + b'\n{"prompt": "\xff"}\n')
+    with pytest.raises(DataError) as exc:
         load_prompts(path)
-    assert len(load_prompts(path, on_bad_row="skip").prompts) == 1
+    # The column counts from the start of line 3, not from the start of the file (offset 45).
+    assert str(exc.value) == f"{path}: line 3: invalid JSON (Expecting ',' delimiter at column 29)"
+    res = load_prompts(path, on_bad_row="skip")
+    assert [p.uid for p in res.prompts] == ["d:0"] and res.num_rows == 4 and res.skip_count == 3
+    assert [(s.where, s.reason) for s in res.skipped] == [
+        (f"{path}: line 3", "invalid JSON (Expecting ',' delimiter at column 29)"),
+        (f"{path}: line 4: images[1]", "image file 'gone.png' not found"),
+        (f"{path}: line 6", "not UTF-8 text (invalid start byte at byte 13 of the line)"),
+    ]
+    assert [(s.row, s.line, s.field) for s in res.skipped] == [(2, 3, None), (3, 4, "images[1]"), (5, 6, None)]
+
+
+def test_json_array_errors_name_the_line_in_the_file(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"prompt": "q"},\n  {"prompt": }\n]\n')
+    with pytest.raises(DataError) as exc:
+        load_prompts(path)
+    assert str(exc.value) == f"{path}: line 3: invalid JSON (Expecting value at column 14)"
+    path.write_text(json.dumps([{"prompt": "q"}, {"prompt": "  "}]))  # one line: rows by index
+    with pytest.raises(DataError) as exc:
+        load_prompts(path)
+    assert str(exc.value) == f"{path}: row 1: prompt: empty prompt (no text outside the system turn)"
 
 
 def test_skip_mode_with_every_bad_row_class(tmp_path):
@@ -139,7 +171,8 @@ def test_skip_mode_with_every_bad_row_class(tmp_path):
                      and c != "duplicate_id"] + [_q()]
     path = _write(tmp_path, "jsonl", rows)
     res = load_prompts(path, on_bad_row="skip", max_prompt_tokens=20, count_tokens=_words)
-    assert len(res.prompts) == 2 and len(res.skipped) == len(rows) - 2
+    assert len(res.prompts) == 2 and res.skip_count == len(rows) - 2
+    assert [s.line for s in res.skipped] == list(range(2, len(rows)))
     assert [p.uid for p in res.prompts] == ["train:0", f"train:{len(rows) - 1}"]
 
 

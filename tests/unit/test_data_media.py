@@ -78,9 +78,12 @@ def test_bad_sources_raise_data_error(case, tmp_path):
 
 def test_data_error_message_names_location():
     err = DataError("image file 'x.png' not found", source="data/train.jsonl", row=17,
-                    field="images[0]")
-    assert str(err) == "data/train.jsonl row 17 field 'images[0]': image file 'x.png' not found"
-    assert str(DataError("boom").located(source="f.parquet", row=2)) == "f.parquet row 2: boom"
+                    field="images[0]", line=18)
+    assert str(err) == "data/train.jsonl: line 18: images[0]: image file 'x.png' not found"
+    assert err.where == "data/train.jsonl: line 18: images[0]"
+    assert str(DataError("boom").located(source="f.parquet", row=2)) == "f.parquet: row 2: boom"
+    assert str(DataError("boom", field="id").located(row=0)) == "row 0: id: boom"
+    assert str(DataError("boom")) == "boom"
 
 
 def test_smart_resize_respects_budget_multiple_and_aspect():

@@ -98,14 +98,14 @@ def test_bad_row_names_file_row_and_field(run_dir, prompts, row, field, value, r
         read_replay(run_dir, prompts)
     err = info.value
     assert (err.source, err.row, err.field) == (str(file), row, field)
-    assert str(err).startswith(f"{file} row {row} field '{field}': ")
+    assert str(err).startswith(f"{file}: row {row}: {field}: ")
     assert reason in err.reason
 
 
 def test_missing_column_and_unreadable_file(run_dir, prompts):
     file = run_dir / "rollouts" / "step_000002.parquet"
     pq.write_table(pq.read_table(file).drop(["behaviour_logprobs"]), file)
-    with pytest.raises(DataError, match=re.escape(f"{file} field 'behaviour_logprobs': missing column")):
+    with pytest.raises(DataError, match=re.escape(f"{file}: behaviour_logprobs: missing column")):
         read_replay(run_dir, prompts)
     file.write_bytes(b"not parquet")
     with pytest.raises(DataError, match=re.escape(f"{file}: not a readable Parquet file")):
@@ -116,5 +116,5 @@ def test_groups_smaller_than_the_algorithm_needs_are_rejected(tmp_path, prompts)
     rec = RolloutRecorder(tmp_path / "rollouts")
     rec.write(1, [_group(prompts[0], 2, 0), _group(prompts[1], 1, 0)])
     assert [g.size for g in read_replay(tmp_path, prompts, min_group_size=1)] == [2, 1]
-    with pytest.raises(DataError, match=r"step_000001.parquet row 2 field 'sample_index': group of 1 sample"):
+    with pytest.raises(DataError, match=r"step_000001.parquet: row 2: sample_index: group of 1 sample"):
         read_replay(tmp_path, prompts, min_group_size=2)

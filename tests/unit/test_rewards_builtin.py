@@ -135,12 +135,19 @@ def test_math_verify_guard_deadline_and_stuck_breaker():
 
     guard = _GuardedMathVerify()
     assert guard.equal("\\frac{1}{2}", "0.5")  # real math-verify (loads + warms up)
-    release = threading.Event()
-    guard._compare = lambda pred, ref: release.wait(30)  # simulate a sympy call that hangs
+    release, compared = threading.Event(), []
+
+    def stuck(pred, ref):  # a sympy call that hangs until released
+        compared.append(pred)
+        return release.wait(30)
+
+    guard._compare = stuck
     start = time.monotonic()
     assert guard.equal("x", "y", timeout_s=0.2) is False
-    assert guard.equal("x", "x", timeout_s=5) is False  # skipped at once while one is stuck
-    assert time.monotonic() - start < 2
+    assert (time.monotonic() - start) / 0.2 < 5  # gave up at its deadline...
+    assert not guard._stuck.done()  # ...while the call still ran
+    assert guard.equal("x", "x", timeout_s=5) is False  # skipped while one is stuck:
+    assert compared == ["x"]  # it never reached math-verify, so it had nothing to wait for
     release.set()
     time.sleep(0.1)
     guard._compare = lambda pred, ref: True

@@ -1,12 +1,14 @@
 """HTTP reward client against a real local server on 127.0.0.1."""
 import json
+import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlsys.protocol import Prompt, Rollout, RolloutGroup
+from rlsys.protocol import Prompt, Rollout, RewardResult, RolloutGroup
 from rlsys.rewards import RemoteReward, RewardScorer
 
 TOKEN = "s3cret"
@@ -33,6 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(401, {"error": "bad token"})
         if self.path == "/slow":
             server.release.wait(5)  # far past the client's timeout; released at teardown
+            with server.lock:
+                server.answered += 1
             return self._reply(200, {"rewards": rewards})
         if self.path == "/flaky" and hits <= 2:
             return self._reply(503, {"error": "busy"})
@@ -56,20 +60,31 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def _serve(port=0):
+    """A real reward server on 127.0.0.1 (port 0: any free port), serving on a thread."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     httpd.daemon_threads = True
     httpd.block_on_close = False
     httpd.lock, httpd.hits, httpd.bodies, httpd.release = threading.Lock(), {}, [], threading.Event()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    httpd.answered = 0  # /slow requests answered
+    httpd.thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    httpd.thread.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
+    return httpd
+
+
+def _stop(httpd):
     httpd.release.set()
     httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    httpd.server_close()  # the port is closed from here on: connections are refused
+    httpd.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    httpd = _serve()
+    yield httpd
+    _stop(httpd)
 
 
 def test_success_batched_protocol(server):
@@ -97,9 +112,11 @@ def test_timeout_scores_zero_counted_with_retries(server):
     client = RemoteReward(server.base + "/slow", timeout_s=0.3, retries=1, backoff_s=0.05)
     start = time.monotonic()
     rewards, failed = client.score_batch(["a", "b"], ["a", "b"], [{}, {}])
-    assert rewards == [0.0, 0.0] and failed == [True, True]
+    elapsed = time.monotonic() - start
+    assert rewards == [0.0, 0.0] and len(failed) == 2 and all("timed out" in f for f in failed)
     assert client.failures == 2 and client.requests == 2 and client.retried == 1
-    assert time.monotonic() - start < 3
+    assert server.answered == 0  # both attempts were given up before the server replied
+    assert elapsed / (2 * 0.3 + 0.05) < 4  # two timeouts and one backoff, not the server's 5 s
 
 
 def test_retries_observed_then_success(server):
@@ -110,9 +127,11 @@ def test_retries_observed_then_success(server):
 
 def test_bad_items_and_bad_replies(server):
     nulls = RemoteReward(server.base + "/nulls", timeout_s=5)
-    assert nulls.score_batch(["a", "a"], ["a", "a"], [{}, {}]) == ([0.0, 1.0], [True, False])
+    rewards, failed = nulls.score_batch(["a", "a"], ["a", "a"], [{}, {}])
+    assert (rewards, failed) == ([0.0, 1.0], ["null or non-finite reward", False])
     short = RemoteReward(server.base + "/short", timeout_s=5, retries=1, backoff_s=0.01)
-    assert short.score_batch(["a", "a"], ["a", "a"], [{}, {}])[1] == [True, True]
+    failed = short.score_batch(["a", "a"], ["a", "a"], [{}, {}])[1]
+    assert failed == ["malformed reply: expected 2 rewards, got [1.0]"] * 2
     assert server.hits["/short"] == 2  # malformed replies are retried
     refused = RemoteReward("http://127.0.0.1:1/score", timeout_s=1, retries=1, backoff_s=0.01)
     assert refused("a", "a", {}) == 0.0 and refused.failures == 1
@@ -129,3 +148,57 @@ def test_remote_as_scorer_component(server):
     assert result.components == {"accuracy": [0.0, 0.0], "rm": [1.0, 0.5], "down": [0.0, 0.0]}
     assert result.rewards == [2.0, 1.0]
     assert result.failures == 2 and scorer.failures == 2 and scorer.stats()["failures/down"] == 2
+    assert result.component_failures == {"accuracy": 0, "rm": 0, "down": 2}
+    assert result.first_failure == {"down": RewardResult.Failure("HTTP 403 Forbidden (not retried)", "t:0", 0)}
+
+
+def _closed_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now: a connection is refused at once
+    return port
+
+
+def _logged(caplog):
+    """What the reward client logged at INFO and above (DEBUG holds the per-attempt detail)."""
+    return [r.getMessage() for r in caplog.records if r.name == "rlsys.rewards" and r.levelno >= logging.INFO]
+
+
+def test_breaker_opens_on_a_closed_port_and_then_fails_fast(caplog):
+    url = f"http://127.0.0.1:{_closed_port()}/score"
+    client = RemoteReward(url, timeout_s=5, retries=2, backoff_s=0.01, failure_threshold=3, cooldown_s=600)
+    with caplog.at_level(logging.DEBUG, logger="rlsys.rewards"):
+        results = [client.score_batch(["a", "b"], ["a", "b"], [{}, {}]) for _ in range(10)]
+    assert [rewards for rewards, _ in results] == [[0.0, 0.0]] * 10 and client.failures == 20
+    # 3 calls x 3 attempts open the circuit; the 7 calls after it never touch the network.
+    assert client.state == "open" and client.requests == 9 and client.retried == 6
+    assert all("Connection refused" in f for f in results[0][1])
+    assert all(f.startswith("circuit open, not called (last error: ") and "Connection refused" in f
+               for _, failed in results[3:] for f in failed)
+    [opened] = _logged(caplog)  # one line for the one state change, not one per attempt or call
+    assert opened.startswith(f"remote reward {url}: circuit open: 3 consecutive failed calls (last: ")
+
+
+def test_breaker_half_opens_after_cooldown_and_closes_when_the_server_is_back(caplog):
+    httpd = _serve()
+    port = httpd.server_address[1]
+    client = RemoteReward(f"http://127.0.0.1:{port}/score", timeout_s=5, retries=1, backoff_s=0.01,
+                          failure_threshold=2, cooldown_s=1.0)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="rlsys.rewards"):
+            assert client("a", "a", {}) == 1.0 and client.state == "closed"
+            _stop(httpd)
+            assert [client("a", "a", {}) for _ in range(5)] == [0.0] * 5
+            assert client.state == "open" and client.requests == 1 + 2 * 2  # 2 calls, 2 attempts each
+            time.sleep(1.2)  # past the cool-down: the next call is the probe, one attempt
+            assert client("a", "a", {}) == 0.0 and client.state == "open" and client.requests == 6
+            httpd = _serve(port)
+            time.sleep(1.2)
+            assert client("a", "a", {}) == 1.0 and client.state == "closed" and client.requests == 7
+            assert client("a", "a", {}) == 1.0 and client.requests == 8
+    finally:
+        _stop(httpd)
+    states = [m.split(": ")[1] for m in _logged(caplog)]
+    assert states == ["circuit open", "circuit half-open", "circuit open", "circuit half-open", "circuit closed"]
+    assert client.failures == 6 and httpd.hits == {"/score": 2}

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rlsys.protocol import Prompt, Rollout, RolloutGroup
+from rlsys.protocol import Prompt, Rollout, RewardResult, RolloutGroup
 from rlsys.rewards import RewardScorer
 
 USER_CODE = textwrap.dedent("""
@@ -81,15 +81,39 @@ def test_raising_user_function_scores_zero_and_counts(user_file):
 
 
 def test_hanging_user_function_times_out_fast(user_file):
-    start = time.monotonic()
-    with RewardScorer([(f"{user_file}:hang", 1.0)], timeout_s=1.0, max_workers=2) as scorer:
+    timeout = 1.0
+    with RewardScorer([(f"{user_file}:hang", 1.0)], timeout_s=timeout, max_workers=2) as scorer:
+        scorer.score_group(make_group(["ok"]))  # workers up: start-up is not charged to a batch
+        start = time.monotonic()
         result = scorer.score_group(make_group(["ok", "hang", "ok"]))
+        assert (time.monotonic() - start) / timeout < 4  # the deadline, not the 60 s sleep
         assert result.rewards == [1.0, 0.0, 1.0]
         assert result.failures == 1 and scorer.timeouts == 1 and scorer.worker_restarts == 1
         again = scorer.score_group(make_group(["ok", "ok"]))  # replacement worker serves on
         assert again.rewards == [1.0, 1.0] and again.failures == 0
         assert scorer.stats()[f"failures/{user_file}:hang"] == 1
-    assert time.monotonic() - start < 15
+
+
+def test_hanging_batch_costs_one_deadline_and_spares_other_components(user_file):
+    hang, tenth = f"{user_file}:hang", f"{user_file}:tenth_len"
+    timeout = 1.0
+    with RewardScorer([(hang, 1.0), (tenth, 1.0)], timeout_s=timeout, max_workers=2) as scorer:
+        scorer.score_group(make_group(["ok"]))
+        start = time.monotonic()
+        [a, b] = scorer.score_groups([make_group(["hang"] * 8), make_group(["hang"] * 8)])
+        elapsed = time.monotonic() - start
+        # In series, 16 hanging calls on 2 workers would cost 8 deadlines.
+        assert elapsed / timeout < 4
+        for result in (a, b):
+            assert result.components[hang] == [0.0] * 8 and result.components[tenth] == [0.4] * 8
+            assert result.component_failures == {hang: 8, tenth: 0} and result.failures == 8
+        # The first call ran until the deadline; the others were never started.
+        assert a.first_failure == {hang: RewardResult.Failure(
+            "timed out: still running at the 1s batch deadline", "t:0", 0)}
+        assert b.first_failure[hang].error == "timed out: not started by the 1s batch deadline"
+        # hang held one worker; tenth_len finished on the other, which then took a hang call.
+        assert scorer.timeouts == 16 and scorer.failures == 16 and scorer.worker_restarts == 2
+        assert scorer.score_group(make_group(["x" * 5])).rewards == [1.0 + 0.5]
 
 
 def test_worker_killed_by_user_function(user_file):
@@ -100,9 +124,12 @@ def test_worker_killed_by_user_function(user_file):
 
 
 def test_non_numeric_and_nan_are_failures(user_file):
-    with RewardScorer([(f"{user_file}:not_a_number", 1.0)], timeout_s=5, max_workers=1) as scorer:
-        result = scorer.score_group(make_group(["bad", "nan", "x"]))
-    assert result.rewards == [0.0, 0.0, 0.5] and result.failures == 2
+    name = f"{user_file}:not_a_number"
+    with RewardScorer([(name, 1.0)], timeout_s=5, max_workers=1) as scorer:
+        result = scorer.score_group(make_group(["x", "bad", "nan", "x"]))
+    assert result.rewards == [0.5, 0.0, 0.0, 0.5] and result.failures == 2
+    assert result.first_failure == {name: RewardResult.Failure(
+        "TypeError: reward returned str 'high', expected a number", "t:0", 1)}
 
 
 def test_module_function_spec(tmp_path, monkeypatch):
@@ -140,6 +167,12 @@ def test_score_groups_batch_splits_failures(user_file):
         ])
     assert [r.rewards for r in results] == [[2.0, 0.0], [0.0, 0.0, 1.0]]
     assert [r.failures for r in results] == [1, 2]
+    assert [r.component_failures for r in results] == [{"accuracy": 0, comps[1][0]: 1},
+                                                        {"accuracy": 0, comps[1][0]: 2}]
+    # Sample indices count within each group.
+    boom = RewardResult.Failure("RuntimeError: user bug", "t:0", 1)
+    assert [r.first_failure for r in results] == [{comps[1][0]: boom},
+                                                   {comps[1][0]: RewardResult.Failure(boom.error, "t:0", 0)}]
     assert scorer.failures == 3
 
 

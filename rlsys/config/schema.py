@@ -1,21 +1,16 @@
-"""The one configuration tree of a run.
+"""The one configuration tree of a run: every field typed and documented once, here (`help=`).
 
-Every field is typed and documented once, here (`help=`). YAML files in `configs/` mirror this
-tree (a file sets any subset; the rest keeps these defaults); `key.sub=value` overrides come last.
-`load_config` validates everything — unknown keys, types, ranges, choices, cross-field rules —
-and raises `ConfigError` with one line naming the field, the value and what is allowed, before
-any actor starts. Values are never silently adjusted.
+YAML files in `configs/` mirror this tree (a file sets any subset; the rest keeps these
+defaults); `key.sub=value` overrides come last (rlsys/config/loading.py). Ranges and `choices`
+declared here are checked by rlsys/config/validation.py, together with the cross-field rules.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -27,14 +22,8 @@ def f(default: Any, help: str, *, ge: float | None = None, gt: float | None = No
     """A documented field. `choices` is a callable so registries are read at validation time."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le, "choices": choices}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: _copy(d), metadata=meta)
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _copy(value):
-    import copy
-
-    return copy.deepcopy(value)
 
 
 def _policy_loss_names() -> list[str]:
@@ -55,7 +44,7 @@ def _agg_names() -> list[str]:
     return sorted(LOSS_AGGREGATION_NAMES)
 
 
-# The algorithms a user names; each fixes the advantage estimator it uses.
+# The advantage estimator each algorithm uses unless `algorithm.advantage_estimator` names another.
 ALGORITHM_ADVANTAGE = {"grpo": "grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp", "ppo": "gae"}
 
 
@@ -128,10 +117,16 @@ class RewardConfig:
     components: list[RewardComponent] = f(
         [RewardComponent("accuracy", 1.0), RewardComponent("r1_format", 0.5)],
         "Reward functions and their weights; the reward is the weighted sum.")
-    timeout_s: float = f(5.0, "A reward call past this scores 0 and is counted.", gt=0.0)
+    timeout_s: float = f(5.0, "Deadline for one batch of user reward calls (they run concurrently); a call "
+                              "unfinished by then scores 0 and is counted.", gt=0.0)
     num_workers: int = f(2, "Worker processes for user reward functions.", ge=1)
     reward_model: Optional[str] = f(None, "Optional scalar reward model (HF dir or hub id), added with weight `reward_model_weight`.")
     reward_model_weight: float = f(1.0, "Weight of the reward model's score.")
+    max_failure_frac: float = f(0.5, "A step counts as failed for a reward component when more than this fraction of "
+                                     "its samples failed (raised, timed out, bad value); 1 turns the check off.",
+                                ge=0.0, le=1.0)
+    max_failed_steps: int = f(3, "Consecutive failed steps of one reward component that stop the run "
+                                 "(checkpoint, then a one-line error naming the component).", ge=1)
 
 
 @dataclass
@@ -171,7 +166,15 @@ class CriticConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: Literal["grpo", "rloo", "reinforce_pp", "ppo"] = f("grpo", "The RL algorithm (fixes the advantage estimator).")
+    name: Literal["grpo", "rloo", "reinforce_pp", "ppo"] = f(
+        "grpo", "The RL algorithm; it picks the advantage estimator unless `advantage_estimator` names one.")
+    advantage_estimator: Optional[str] = f(
+        None, "Advantage estimator. null follows `name` ("
+        + ", ".join(f"{k} -> {v}" for k, v in ALGORITHM_ADVANTAGE.items()) + "). Otherwise a registered "
+        "estimator (the error for an unknown name lists them) or a user function 'path/file.py:function' "
+        "or 'module:function' with the registered signature fn(AdvantageInputs, AdvantageParams) -> "
+        "AdvantageOutputs (rlsys/algorithms/advantages.py), loaded in the driver. gae needs the critic "
+        "(name ppo); ppo takes gae or a user function (it gets the critic values).")
     norm_adv_by_std: bool = f(True, "GRPO: divide by the group std (false = Dr.GRPO).")
     policy_loss: str = f("ppo_clip", "Policy loss.", choices=_policy_loss_names)
     clip_low: float = f(0.2, "Lower PPO clip: ratio >= 1 - clip_low.", gt=0.0, le=1.0)
@@ -250,9 +253,21 @@ class LoggingConfig:
 
 @dataclass
 class CheckpointConfig:
-    save_every: int = f(0, "Save resume state every N steps (0 = only at the end).", ge=0)
-    resume_from: Optional[str] = f(None, "A checkpoint directory to resume exactly from.")
+    save_every: int = f(10, "Save resume state every N steps, and at the end (0 = only at the end). "
+                        "A crash, a dead learner or a preemption loses at most the steps since the last one.", ge=0)
+    keep_last: int = f(2, "Periodic checkpoints (checkpoints/step_N) kept; older ones are deleted "
+                       "(0 keeps all). The final one is always kept.", ge=0)
+    resume_from: Optional[str] = f(None, "Resume exactly from a checkpoint directory, or 'latest' for the newest "
+                                   "checkpoint under `output_dir/<name>-*` (a run directory's own checkpoints "
+                                   "with `rlsys train --resume RUN_DIR`). The run continues in the directory "
+                                   "the checkpoint belongs to.")
     export_hf: bool = f(True, "Export the final policy as a HF directory (transformers + vLLM).")
+
+
+@dataclass
+class FaultConfig:
+    max_restarts: int = f(3, "Restarts per role (an engine, the reward actor, the reference, the learner "
+                          "group) before the run stops with a checkpoint and one line naming the role.", ge=0)
 
 
 @dataclass
@@ -281,310 +296,11 @@ class RunConfig:
     resources: ResourcesConfig = f(ResourcesConfig(), "Placement and Ray.")
     logging: LoggingConfig = f(LoggingConfig(), "Metrics sinks.")
     checkpoint: CheckpointConfig = f(CheckpointConfig(), "Saving and resuming.")
+    fault: FaultConfig = f(FaultConfig(), "Surviving dead actors.")
     eval: EvalConfig = f(EvalConfig(), "Held-out evaluation.")
 
     @property
     def advantage_estimator(self) -> str:
-        return ALGORITHM_ADVANTAGE[self.algorithm.name]
-
-
-# ----------------------------------------------------------------------------- building
-
-def _strip_optional(tp):
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _describe(tp) -> str:
-    tp, optional = _strip_optional(tp)
-    if typing.get_origin(tp) is Literal:
-        text = "one of " + ", ".join(map(str, typing.get_args(tp)))
-    elif typing.get_origin(tp) is list:
-        text = f"a list of {_describe(typing.get_args(tp)[0])}"
-    elif dataclasses.is_dataclass(tp):
-        text = f"a mapping with keys {', '.join(x.name for x in dataclasses.fields(tp))}"
-    else:
-        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-    return text + (" or null" if optional else "")
-
-
-def _coerce(path: str, value: Any, tp) -> Any:
-    """Converts a YAML/CLI value to `tp`; raises ConfigError naming `path` otherwise."""
-    base, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{path} = null: must be {_describe(tp)}")
-    bad = ConfigError(f"{path} = {value!r}: must be {_describe(tp)}")
-    if dataclasses.is_dataclass(base):
-        if isinstance(value, base):
-            return value
-        if not isinstance(value, dict):
-            raise bad
-        return _build(base, value, path)
-    origin = typing.get_origin(base)
-    if origin is Literal:
-        if value not in typing.get_args(base):
-            raise bad
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (item,) = typing.get_args(base)
-        return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
-    if base is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if base is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-5" (no dot) as a string; it is the number users mean.
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad
-
-
-def _build(cls, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {x.name for x in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{where}: unknown key; allowed keys here: {', '.join(sorted(names))}")
-    kwargs = {}
-    for fld in dataclasses.fields(cls):
-        if fld.name in data:
-            path = f"{prefix}.{fld.name}" if prefix else fld.name
-            kwargs[fld.name] = _coerce(path, data[fld.name], hints[fld.name])
-    return cls(**kwargs)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'a.b=value' -> (['a','b'], value parsed as YAML, so 8 is int, true is bool, [..] a list)."""
-    if "=" not in text:
-        raise ConfigError(f"{text}: overrides look like key.sub=value")
-    key, raw = text.split("=", 1)
-    if not key:
-        raise ConfigError(f"{text}: overrides look like key.sub=value")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """YAML file (optional) + dotted overrides -> a validated RunConfig."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config sections")
-        data = loaded
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        data = _merge(data, nested)
-    cfg = _build(RunConfig, data)
-    validate(cfg)
-    return cfg
-
-
-# ----------------------------------------------------------------------------- validation
-
-def _check_fields(obj, prefix: str) -> None:
-    for fld in dataclasses.fields(obj):
-        value = getattr(obj, fld.name)
-        path = f"{prefix}.{fld.name}" if prefix else fld.name
-        if dataclasses.is_dataclass(value):
-            _check_fields(value, path)
-            continue
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    _check_fields(item, f"{path}[{i}]")
-            continue
-        if value is None:
-            continue
-        meta = fld.metadata
-        if meta.get("ge") is not None and value < meta["ge"]:
-            raise ConfigError(f"{path} = {value!r}: must be >= {meta['ge']}")
-        if meta.get("gt") is not None and value <= meta["gt"]:
-            raise ConfigError(f"{path} = {value!r}: must be > {meta['gt']}")
-        if meta.get("le") is not None and value > meta["le"]:
-            raise ConfigError(f"{path} = {value!r}: must be <= {meta['le']}")
-        if meta.get("choices") is not None:
-            allowed = meta["choices"]()
-            if value not in allowed:
-                raise ConfigError(f"{path} = {value!r}: must be one of {', '.join(allowed)}")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Field ranges and choices, then the rules that tie fields together."""
-    _check_fields(cfg, "")
-    if cfg.algorithm.name == "ppo" and not cfg.critic.enabled:
-        raise ConfigError("algorithm.name = 'ppo': needs critic.enabled = true (PPO learns a value model)")
-    if cfg.critic.enabled and cfg.algorithm.name != "ppo":
-        raise ConfigError(f"critic.enabled = true: only algorithm.name = 'ppo' uses a critic (got '{cfg.algorithm.name}')")
-    if cfg.algorithm.clip_low >= 1.0:
-        raise ConfigError(f"algorithm.clip_low = {cfg.algorithm.clip_low}: must be < 1 so 1 - clip_low stays positive")
-    _check_sampling(cfg.sampling)
-    if cfg.sampling.max_staleness > 0 and cfg.algorithm.max_is_weight is None:
-        raise ConfigError(f"sampling.max_staleness = {cfg.sampling.max_staleness}: off-policy samples need "
-                          "algorithm.max_is_weight (the truncated importance-weight cap, e.g. 2.0); it is null")
-    if cfg.algorithm.name in ("grpo", "rloo") and cfg.rollout.n < 2:
-        raise ConfigError(f"rollout.n = {cfg.rollout.n}: {cfg.algorithm.name} needs >= 2 samples per prompt for its baseline")
-    syn = cfg.data.synthetic
-    if syn.image_size % 28:
-        raise ConfigError(f"data.synthetic.image_size = {syn.image_size}: must be a multiple of 28")
-    if not syn.min_objects <= syn.max_objects <= (syn.image_size // 28) ** 2:
-        raise ConfigError(f"data.synthetic.max_objects = {syn.max_objects}: must be between min_objects "
-                          f"({syn.min_objects}) and the {(syn.image_size // 28) ** 2} cells of the image")
-    if cfg.model.min_pixels > cfg.model.max_pixels:
-        raise ConfigError(f"model.min_pixels = {cfg.model.min_pixels}: must be <= model.max_pixels ({cfg.model.max_pixels})")
-    if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
-        raise ConfigError(f"rollout.max_new_tokens = {cfg.rollout.max_new_tokens}: must be < rollout.max_model_len ({cfg.rollout.max_model_len})")
-    gpus = [cfg.resources.gpus_per_engine, cfg.resources.gpus_per_learner]
-    if cfg.learner.backend == "nccl" and cfg.resources.gpus_per_learner == 0:
-        raise ConfigError("learner.backend = 'nccl': needs resources.gpus_per_learner > 0 (NCCL runs on GPUs)")
-    if any(g > 0 for g in gpus) and cfg.resources.gpus_per_engine not in (0, cfg.rollout.tensor_parallel_size):
-        raise ConfigError(f"resources.gpus_per_engine = {cfg.resources.gpus_per_engine}: must equal "
-                          f"rollout.tensor_parallel_size ({cfg.rollout.tensor_parallel_size}) on GPUs")
-    _check_gpu_plan(cfg)
-    for i, comp in enumerate(cfg.reward.components):
-        problem = _reward_spec_problem(comp.name)
-        if problem:
-            raise ConfigError(f"reward.components[{i}].name = {comp.name!r}: {problem}")
-
-
-def _check_sampling(s: SamplingConfig) -> None:
-    """Every sampling field set is one the run uses (a setting that would be ignored is an error)."""
-    if s.mode in ("offline", "mixed") and not s.offline_path:
-        raise ConfigError(f"sampling.offline_path = null: sampling.mode = '{s.mode}' needs recorded rollouts")
-    if s.mode == "online" and s.offline_path:
-        raise ConfigError(f"sampling.offline_path = {s.offline_path!r}: only sampling.mode = 'offline' or "
-                          "'mixed' replays rollouts (mode is 'online')")
-    if s.mode != "mixed":
-        if s.offline_fraction is not None:
-            raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: only sampling.mode = 'mixed' "
-                              f"uses it (mode is '{s.mode}')")
-        return
-    if s.offline_fraction is None:
-        raise ConfigError("sampling.offline_fraction = null: sampling.mode = 'mixed' needs the replayed share of each batch")
-    from rlsys.sampling import offline_groups
-
-    k = offline_groups(s.prompts_per_step, s.offline_fraction)
-    if not 0 < k < s.prompts_per_step:
-        raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: with prompts_per_step = "
-                          f"{s.prompts_per_step} that is {k} replayed groups per step; mixed needs 1 to "
-                          f"{s.prompts_per_step - 1} (use mode 'online' or 'offline' for all of one kind)")
-
-
-def gpu_plan(cfg: RunConfig) -> list[float]:
-    """GPU request of every actor bundle, in placement order."""
-    r = cfg.resources
-    plan = [r.gpus_per_engine] * cfg.rollout.num_engines + [r.gpus_per_learner] * cfg.learner.num_ranks
-    if cfg.critic.enabled:
-        plan += [r.gpus_per_learner] * cfg.critic.num_ranks
-    if cfg.algorithm.kl_coef > 0:
-        plan.append(r.gpus_reference)
-    return plan
-
-
-def _check_gpu_plan(cfg: RunConfig) -> None:
-    r = cfg.resources
-    if r.nodes is None or r.gpus_per_node is None:
-        return
-    plan = gpu_plan(cfg)
-    if max(plan, default=0) > r.gpus_per_node:
-        raise ConfigError(f"resources.gpus_per_node = {r.gpus_per_node}: one actor asks for {max(plan)} GPUs "
-                          "(a bundle cannot span nodes)")
-    # First-fit on whole nodes: a tensor-parallel engine needs all its GPUs on one node.
-    free = [float(r.gpus_per_node)] * r.nodes
-    for need in sorted(plan, reverse=True):
-        slot = next((i for i, left in enumerate(free) if left >= need - 1e-9), None)
-        if slot is None:
-            raise ConfigError(f"resources.nodes = {r.nodes}: the roles need {sum(plan):g} GPUs "
-                              f"({plan}) but {r.nodes} x {r.gpus_per_node} cannot hold them")
-        free[slot] -= need
-
-
-def _reward_spec_problem(spec: str) -> str | None:
-    """Checks what can be checked without importing user code; loading happens in the reward actor."""
-    if spec.startswith(("http://", "https://")):
-        return None
-    if ":" in spec:
-        target, func = spec.rsplit(":", 1)
-        if not func.isidentifier():
-            return f"'{func}' is not a function name"
-        if target.endswith(".py") and not Path(target).expanduser().is_file():
-            return f"file '{target}' not found"
-        return None
-    from rlsys.rewards import REWARDS
-
-    if spec not in REWARDS:
-        return f"must be one of {', '.join(sorted(REWARDS))}, 'path/file.py:function', 'module:function' or an http(s) URL"
-    return None
-
-
-# ----------------------------------------------------------------------------- printing
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
-
-
-def documented_yaml(cls=RunConfig, indent: int = 0) -> str:
-    """The full tree as YAML, each field's help as a comment above it (configs/reference.yaml)."""
-    lines = []
-    pad = "  " * indent
-    default = cls()
-    for fld in dataclasses.fields(cls):
-        value = getattr(default, fld.name)
-        lines.append(f"{pad}# {fld.metadata['help']}")
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{pad}{fld.name}:")
-            lines.append(documented_yaml(type(value), indent + 1))
-            continue
-        plain = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value] \
-            if isinstance(value, list) else value
-        dumped = yaml.safe_dump({fld.name: plain}, sort_keys=False, width=200).rstrip("\n")
-        lines.extend(pad + line for line in dumped.splitlines())
-    return "\n".join(lines)
+        """The estimator `build_train_batch` runs: a registered name or a user function spec."""
+        chosen = self.algorithm.advantage_estimator
+        return ALGORITHM_ADVANTAGE[self.algorithm.name] if chosen is None else chosen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 SIGNAL_REWARD = f"{Path(__file__).with_name('signal_reward.py')}:distinct_chars"
 

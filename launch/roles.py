@@ -1,0 +1,156 @@
+"""Starting roles: the actor classes of `actors/` placed in placement-group bundles, each built
+from its spec (rlsys/specs.py). The only place that constructs actors; `start_role` starts one
+role and is what a restart calls again."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.critic import CriticActor
+from actors.learner import LearnerActor
+from actors.reference import ReferenceActor
+from actors.reward import RewardActor
+from actors.rollout import RolloutActor
+from launch.cluster import runtime_env_vars
+from rlsys.config import RunConfig
+from rlsys.distributed.placement import bundle_options, create_placement_group, plan_roles
+from rlsys.distributed.recovery import Recovery
+from rlsys.distributed.clients import CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RolloutPool
+from rlsys.distributed.roles import GenerationRoles, Roles
+from rlsys.specs import CriticSpec, DistRank, EngineSpec, LearnerSpec, ReferenceSpec, RewardSpec, role_specs
+
+# Which actor class serves which spec; a data-parallel role's actors also take a DistRank.
+_ACTORS = {EngineSpec: RolloutActor, RewardSpec: RewardActor, ReferenceSpec: ReferenceActor,
+           LearnerSpec: LearnerActor, CriticSpec: CriticActor}
+_DATA_PARALLEL = (LearnerSpec, CriticSpec)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one actor runs: bundle `bundle` of placement group `pg`, with that bundle's
+    resources, and the environment every actor of the run gets."""
+
+    pg: Any
+    bundle: int
+    resources: dict
+    env: dict
+
+    def options(self) -> dict:
+        return {**bundle_options(self.pg, self.bundle, self.resources), "runtime_env": {"env_vars": self.env}}
+
+
+def _rendezvous(slot: Slot) -> tuple[str, int]:
+    """(node ip, free port) on the node of `slot`, where rank 0 of a group will listen."""
+    import ray
+
+    from actors import free_port, node_ip
+
+    @ray.remote
+    def address():
+        host = node_ip()
+        return host, free_port(host)
+
+    return ray.get(address.options(**{**bundle_options(slot.pg, slot.bundle, slot.resources),
+                                       "num_cpus": 0, "num_gpus": 0}).remote())
+
+
+def start_role(spec, slots: list[Slot]) -> list:
+    """The actors of one role, one per slot, built from `spec`. A data-parallel role (learner,
+    critic) gets its ranks in slot order and a rendezvous on slot 0's node. Returns at once;
+    the actors load in the background."""
+    import ray
+
+    actor_cls = ray.remote(_ACTORS[type(spec)])
+    if not isinstance(spec, _DATA_PARALLEL):
+        return [actor_cls.options(**slot.options()).remote(spec) for slot in slots]
+    host, port = _rendezvous(slots[0])
+    return [actor_cls.options(**slot.options()).remote(spec, DistRank(rank, len(slots), host, port))
+            for rank, slot in enumerate(slots)]
+
+
+def _open_weight_sync(cfg: RunConfig, learners: list, engines: list) -> None:
+    """The learner -> engines broadcast group (collective weight sync only)."""
+    import ray
+
+    if cfg.learner.weight_sync != "collective":
+        return
+    gpu = cfg.resources.gpus_per_learner > 0 and cfg.resources.gpus_per_engine > 0
+    backend = "nccl" if gpu else "gloo"
+    host, port = ray.get(learners[0].weight_sync_address.remote())
+    world = 1 + len(engines)
+    refs = [a.init_weight_sync.remote(host, port, world, backend, cfg.learner.sync_bucket_mb) for a in learners]
+    refs += [e.open_weight_sync.remote(host, port, world, i + 1, backend) for i, e in enumerate(engines)]
+    ray.get(refs)
+
+
+def _ready(actors: list) -> list:
+    """Wait until every actor has finished loading; -> the actors."""
+    import ray
+
+    ray.get([a.ready.remote() if hasattr(a, "ready") else a.__ray_ready__.remote() for a in actors])
+    return actors
+
+
+class Starter:
+    """Starts each role of a run in its bundles, the first time and after a death
+    (rlsys/distributed/recovery.py: RoleStarter)."""
+
+    def __init__(self, cfg: RunConfig, model_path: str):
+        self.cfg = cfg
+        self.specs = role_specs(cfg, model_path)
+        self.plan = plan_roles(cfg, needs_reference=self.specs.reference is not None)
+        self.pg = create_placement_group(self.plan, cfg.resources.colocate)
+        env = runtime_env_vars(cfg)
+        bundles = self.plan.bundles
+        self.slots = {"engine": [Slot(self.pg, i, bundles[i], env) for i in self.plan.engines],
+                      "reward": [Slot(self.pg, self.plan.reward, bundles[self.plan.reward], env)],
+                      "learner": [Slot(self.pg, i, bundles[i], env) for i in self.plan.learners],
+                      "critic": [Slot(self.pg, i, bundles[i], env) for i in self.plan.critics],
+                      "reference": ([Slot(self.pg, self.plan.reference, bundles[self.plan.reference], env)]
+                                    if self.specs.reference else [])}
+        self.role_spec = {"engine": self.specs.engine, "reward": self.specs.reward, "learner": self.specs.learner,
+                          "critic": self.specs.critic, "reference": self.specs.reference}
+
+    def start(self, role: str, slots: list[Slot]) -> list:
+        return start_role(self.role_spec[role], slots) if slots and self.role_spec[role] else []
+
+    def restart(self, role: str, index: int) -> list:
+        if role == "learner":  # the whole group: ZeRO shards and the rendezvous are shared
+            return _ready(self.start("learner", self.slots["learner"])) + _ready(self.start("critic", self.slots["critic"]))
+        return _ready(self.start(role, [self.slots[role][index]]))
+
+    def open_weight_sync(self, learners: list, engines: list) -> None:
+        _open_weight_sync(self.cfg, learners, engines)
+
+
+def start_roles(cfg: RunConfig, model_path: str) -> Roles:
+    """Every role of a training run in one placement group, ready, with weight sync open, and
+    restartable within `fault.max_restarts`."""
+    starter = Starter(cfg, model_path)
+    engines = starter.start("engine", starter.slots["engine"])
+    (reward,) = starter.start("reward", starter.slots["reward"])
+    learners = starter.start("learner", starter.slots["learner"])
+    critics = starter.start("critic", starter.slots["critic"]) or None
+    reference = (starter.start("reference", starter.slots["reference"]) or [None])[0]
+    _ready(learners + (critics or []) + ([reference] if reference else []) + engines + [reward])
+    _open_weight_sync(cfg, learners, engines)
+    specs = starter.specs
+    return Roles(cfg=cfg, rollout=RolloutPool(engines), reward=RewardClient(reward),
+                 reference=ReferenceClient(reference) if reference else None, learner=LearnerGroup(learners),
+                 critic=CriticGroup(critics) if critics else None, train_sampling=specs.train_sampling,
+                 eval_sampling=specs.eval_sampling, placement_group=starter.pg,
+                 recovery=Recovery(starter, cfg.fault.max_restarts))
+
+
+def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
+    """Engines and the reward actor, no learner (`rlsys rollout`)."""
+    import ray
+
+    specs = role_specs(cfg, model_path)
+    plan = plan_roles(cfg, needs_reference=False, training=False)
+    pg = create_placement_group(plan, cfg.resources.colocate)
+    env = runtime_env_vars(cfg)
+    engines = start_role(specs.engine, [Slot(pg, i, plan.bundles[i], env) for i in plan.engines])
+    (reward,) = start_role(specs.reward, [Slot(pg, plan.reward, plan.bundles[plan.reward], env)])
+    ray.get([e.policy_version.remote() for e in engines])
+    return GenerationRoles(RolloutPool(engines), RewardClient(reward), specs.train_sampling, pg)

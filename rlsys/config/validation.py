@@ -1,0 +1,185 @@
+"""Validation of a built RunConfig: field ranges and choices, then the rules tying fields together.
+
+Every check raises ConfigError with one line naming the field, the value and what is allowed.
+Nothing here imports user code: specs of user functions are checked for shape and file only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from rlsys.plugins import is_spec, spec_problem
+from rlsys.config.schema import ConfigError, RunConfig, SamplingConfig
+
+# Registered estimators whose baseline is the prompt's other samples; they score whole sequences.
+_GROUP_BASELINES = ("grpo", "rloo")
+
+
+def _check_fields(obj, prefix: str) -> None:
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        path = f"{prefix}.{fld.name}" if prefix else fld.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, path)
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_fields(item, f"{path}[{i}]")
+            continue
+        if value is None:
+            continue
+        meta = fld.metadata
+        if meta.get("ge") is not None and value < meta["ge"]:
+            raise ConfigError(f"{path} = {value!r}: must be >= {meta['ge']}")
+        if meta.get("gt") is not None and value <= meta["gt"]:
+            raise ConfigError(f"{path} = {value!r}: must be > {meta['gt']}")
+        if meta.get("le") is not None and value > meta["le"]:
+            raise ConfigError(f"{path} = {value!r}: must be <= {meta['le']}")
+        if meta.get("choices") is not None:
+            allowed = meta["choices"]()
+            if value not in allowed:
+                raise ConfigError(f"{path} = {value!r}: must be one of {', '.join(allowed)}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Field ranges and choices, then the rules that tie fields together."""
+    _check_fields(cfg, "")
+    if cfg.algorithm.name == "ppo" and not cfg.critic.enabled:
+        raise ConfigError("algorithm.name = 'ppo': needs critic.enabled = true (PPO learns a value model)")
+    if cfg.critic.enabled and cfg.algorithm.name != "ppo":
+        raise ConfigError(f"critic.enabled = true: only algorithm.name = 'ppo' uses a critic (got '{cfg.algorithm.name}')")
+    if cfg.algorithm.clip_low >= 1.0:
+        raise ConfigError(f"algorithm.clip_low = {cfg.algorithm.clip_low}: must be < 1 so 1 - clip_low stays positive")
+    _check_advantage_estimator(cfg)
+    _check_sampling(cfg.sampling)
+    if cfg.sampling.max_staleness > 0 and cfg.algorithm.max_is_weight is None:
+        raise ConfigError(f"sampling.max_staleness = {cfg.sampling.max_staleness}: off-policy samples need "
+                          "algorithm.max_is_weight (the truncated importance-weight cap, e.g. 2.0); it is null")
+    syn = cfg.data.synthetic
+    if syn.image_size % 28:
+        raise ConfigError(f"data.synthetic.image_size = {syn.image_size}: must be a multiple of 28")
+    if not syn.min_objects <= syn.max_objects <= (syn.image_size // 28) ** 2:
+        raise ConfigError(f"data.synthetic.max_objects = {syn.max_objects}: must be between min_objects "
+                          f"({syn.min_objects}) and the {(syn.image_size // 28) ** 2} cells of the image")
+    if cfg.model.min_pixels > cfg.model.max_pixels:
+        raise ConfigError(f"model.min_pixels = {cfg.model.min_pixels}: must be <= model.max_pixels ({cfg.model.max_pixels})")
+    if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
+        raise ConfigError(f"rollout.max_new_tokens = {cfg.rollout.max_new_tokens}: must be < rollout.max_model_len ({cfg.rollout.max_model_len})")
+    gpus = [cfg.resources.gpus_per_engine, cfg.resources.gpus_per_learner]
+    if cfg.learner.backend == "nccl" and cfg.resources.gpus_per_learner == 0:
+        raise ConfigError("learner.backend = 'nccl': needs resources.gpus_per_learner > 0 (NCCL runs on GPUs)")
+    if any(g > 0 for g in gpus) and cfg.resources.gpus_per_engine not in (0, cfg.rollout.tensor_parallel_size):
+        raise ConfigError(f"resources.gpus_per_engine = {cfg.resources.gpus_per_engine}: must equal "
+                          f"rollout.tensor_parallel_size ({cfg.rollout.tensor_parallel_size}) on GPUs")
+    _check_gpu_plan(cfg)
+    for i, comp in enumerate(cfg.reward.components):
+        problem = _reward_spec_problem(comp.name)
+        if problem:
+            raise ConfigError(f"reward.components[{i}].name = {comp.name!r}: {problem}")
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def _check_advantage_estimator(cfg: RunConfig) -> None:
+    """Runs after the ppo <-> critic rules, so here a critic exists exactly when name is ppo."""
+    from rlsys.algorithms import ADVANTAGE_NAMES
+
+    est, chosen = cfg.advantage_estimator, cfg.algorithm.advantage_estimator
+    # Name the field the user set: the estimator itself, or the algorithm it follows.
+    shown = (f"algorithm.advantage_estimator = {chosen!r}" if chosen is not None
+             else f"algorithm.name = {cfg.algorithm.name!r}")
+    if is_spec(est):
+        problem = spec_problem(est)
+        if problem:
+            raise ConfigError(f"{shown}: {problem}")
+        return
+    if est not in ADVANTAGE_NAMES:
+        raise ConfigError(f"{shown}: must be null, one of {', '.join(ADVANTAGE_NAMES)}, "
+                          "'path/file.py:function' or 'module:function'")
+    if est == "gae" and not cfg.critic.enabled:
+        raise ConfigError(f"{shown}: gae needs critic values (algorithm.name = 'ppo' with critic.enabled = true)")
+    if cfg.critic.enabled and est != "gae":
+        # The critic would train on returns that no advantage reads: a second model for nothing.
+        raise ConfigError(f"{shown}: ppo trains a critic that {est} ignores; use gae or a user function "
+                          "'path/file.py:function' (it gets the critic values)")
+    if est in _GROUP_BASELINES and cfg.rollout.n < 2:
+        raise ConfigError(f"rollout.n = {cfg.rollout.n}: {est} needs >= 2 samples per prompt for its baseline")
+    if est in _GROUP_BASELINES and cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef > 0:
+        # These estimators score whole sequences; they reject per-token KL rewards at the first step.
+        raise ConfigError(f"algorithm.kl_in_reward = true: {est} takes sequence rewards only; use the KL "
+                          "as a loss term (kl_in_reward = false) or reinforce_pp / gae")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def offline_groups(prompts_per_step: int, offline_fraction: float) -> int:
+    """round(fraction * B), halves up (Python's round() would send 0.5 * 3 and 0.5 * 5 both to 2)."""
+    return int(math.floor(offline_fraction * prompts_per_step + 0.5))
+
+
+def _check_sampling(s: SamplingConfig) -> None:
+    """Every sampling field set is one the run uses (a setting that would be ignored is an error)."""
+    if s.mode in ("offline", "mixed") and not s.offline_path:
+        raise ConfigError(f"sampling.offline_path = null: sampling.mode = '{s.mode}' needs recorded rollouts")
+    if s.mode == "online" and s.offline_path:
+        raise ConfigError(f"sampling.offline_path = {s.offline_path!r}: only sampling.mode = 'offline' or "
+                          "'mixed' replays rollouts (mode is 'online')")
+    if s.mode != "mixed":
+        if s.offline_fraction is not None:
+            raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: only sampling.mode = 'mixed' "
+                              f"uses it (mode is '{s.mode}')")
+        return
+    if s.offline_fraction is None:
+        raise ConfigError("sampling.offline_fraction = null: sampling.mode = 'mixed' needs the replayed share of each batch")
+    k = offline_groups(s.prompts_per_step, s.offline_fraction)
+    if not 0 < k < s.prompts_per_step:
+        raise ConfigError(f"sampling.offline_fraction = {s.offline_fraction}: with prompts_per_step = "
+                          f"{s.prompts_per_step} that is {k} replayed groups per step; mixed needs 1 to "
+                          f"{s.prompts_per_step - 1} (use mode 'online' or 'offline' for all of one kind)")
+
+
+# ----------------------------------------------------------------------------- resources
+
+def gpu_plan(cfg: RunConfig) -> list[float]:
+    """GPU request of every actor bundle, in placement order."""
+    r = cfg.resources
+    plan = [r.gpus_per_engine] * cfg.rollout.num_engines + [r.gpus_per_learner] * cfg.learner.num_ranks
+    if cfg.critic.enabled:
+        plan += [r.gpus_per_learner] * cfg.critic.num_ranks
+    if cfg.algorithm.kl_coef > 0:
+        plan.append(r.gpus_reference)
+    return plan
+
+
+def _check_gpu_plan(cfg: RunConfig) -> None:
+    r = cfg.resources
+    if r.nodes is None or r.gpus_per_node is None:
+        return
+    plan = gpu_plan(cfg)
+    if max(plan, default=0) > r.gpus_per_node:
+        raise ConfigError(f"resources.gpus_per_node = {r.gpus_per_node}: one actor asks for {max(plan)} GPUs "
+                          "(a bundle cannot span nodes)")
+    # First-fit on whole nodes: a tensor-parallel engine needs all its GPUs on one node.
+    free = [float(r.gpus_per_node)] * r.nodes
+    for need in sorted(plan, reverse=True):
+        slot = next((i for i, left in enumerate(free) if left >= need - 1e-9), None)
+        if slot is None:
+            raise ConfigError(f"resources.nodes = {r.nodes}: the roles need {sum(plan):g} GPUs "
+                              f"({plan}) but {r.nodes} x {r.gpus_per_node} cannot hold them")
+        free[slot] -= need
+
+
+# ----------------------------------------------------------------------------- rewards
+
+def _reward_spec_problem(spec: str) -> str | None:
+    """Checks what can be checked without importing user code; loading happens in the reward actor."""
+    if spec.startswith(("http://", "https://")):
+        return None
+    if is_spec(spec):
+        return spec_problem(spec)
+    from rlsys.rewards import REWARDS
+
+    if spec not in REWARDS:
+        return f"must be one of {', '.join(sorted(REWARDS))}, 'path/file.py:function', 'module:function' or an http(s) URL"
+    return None

@@ -1,0 +1,151 @@
+"""Clients of the role actors, one per role. Each client method starts remote calls and returns
+a `Pending` (rlsys/distributed/pending.py); `wait(*pending)` resolves them all with one
+`ray.get`, so stages that can overlap (rewards, reference, critic) do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlsys.distributed.pending import Pending, wait
+from rlsys.distributed.streaming import EngineStream
+from rlsys.protocol import Prompt, RolloutGroup, TrainBatch, TrainSample
+from rlsys.specs import SamplingSpec
+
+
+def scoring_samples(groups: list[RolloutGroup]) -> list[TrainSample]:
+    """The sequences of `groups` as TrainSamples, for reference/critic forward passes."""
+    import torch
+
+    out = []
+    for gi, g in enumerate(groups):
+        for r in g.rollouts:
+            ids = torch.tensor(list(r.prompt_token_ids) + list(r.response_token_ids), dtype=torch.long)
+            zeros = torch.zeros(len(r.response_token_ids))
+            out.append(TrainSample(ids, len(r.prompt_token_ids), g.prompt.images, zeros, zeros,
+                                   policy_version=r.policy_version, group_index=gi))
+    return out
+
+
+def _regroup(groups: list[RolloutGroup], flat: list) -> list[list[list[float]]]:
+    out, i = [], 0
+    for g in groups:
+        out.append([flat[i + j].tolist() for j in range(g.size)])
+        i += g.size
+    return out
+
+
+class RolloutPool:
+    """N engines; a call's prompts go to the engines with the fewest outstanding prompts.
+
+    `prompts_done[i]`: prompts engine i has returned groups for, cumulative (counted from what
+    came back, not from what was assigned); the driver logs its per-step difference.
+    """
+
+    def __init__(self, actors: list):
+        self.actors = actors
+        self.outstanding = [0] * len(actors)
+        self.prompts_done = [0] * len(actors)
+
+    def _split(self, prompts: list[Prompt]) -> list[list[int]]:
+        """Prompt indices per engine: each prompt to the engine with the fewest outstanding."""
+        shares: list[list[int]] = [[] for _ in self.actors]
+        for j in range(len(prompts)):
+            i = min(range(len(self.actors)), key=lambda k: (self.outstanding[k] + len(shares[k]), k))
+            shares[i].append(j)
+        return shares
+
+    def stream(self, prompts: list[Prompt], sampling: SamplingSpec, window: int) -> list:
+        """Start every engine's share as a streaming generator (rlsys/distributed/streaming.py);
+        an engine pauses once `window` of its groups are yielded and not yet taken."""
+        return [self.stream_on(i, [prompts[j] for j in share], share, sampling, window)
+                for i, share in enumerate(self._split(prompts)) if share]
+
+    def stream_on(self, i: int, prompts: list[Prompt], slots: list[int], sampling: SamplingSpec,
+                  window: int) -> EngineStream:
+        """`prompts` (batch positions `slots`) as a streaming generator on engine i."""
+        gen = (self.actors[i].generate_stream
+               .options(num_returns="streaming", _generator_backpressure_num_objects=window)
+               .remote(prompts, sampling))
+        self.outstanding[i] += len(prompts)
+        return EngineStream(gen, slots, lambda: self._taken(i, 1), engine=i, prompts=prompts, sampling=sampling)
+
+    def _taken(self, i: int, n: int) -> None:
+        self.outstanding[i] -= n
+        self.prompts_done[i] += n
+
+    def generate_async(self, prompts: list[Prompt], sampling: SamplingSpec) -> Pending:
+        """Every engine's share in one reply each; -> Pending of all groups in prompt order."""
+        shares = self._split(prompts)
+        refs, used = [], []
+        for i, share in enumerate(shares):
+            if share:
+                refs.append(self.actors[i].generate.remote([prompts[j] for j in share], sampling))
+                used.append((i, share))
+                self.outstanding[i] += len(share)
+
+        def combine(parts):
+            groups: list = [None] * len(prompts)
+            for (i, share), part in zip(used, parts):
+                self._taken(i, len(part))
+                for j, g in zip(share, part):
+                    groups[j] = g
+            return groups
+
+        return Pending(refs, combine)
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingSpec) -> list[RolloutGroup]:
+        return wait(self.generate_async(prompts, sampling))[0]
+
+
+class RewardClient:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def score_async(self, groups: list[RolloutGroup]) -> Pending:
+        return Pending([self.actor.score.remote(groups)], lambda parts: parts[0])
+
+
+class ReferenceClient:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def logprobs_async(self, groups: list[RolloutGroup]) -> Pending:
+        ref = self.actor.compute_logprobs.remote(scoring_samples(groups))
+        return Pending([ref], lambda parts: _regroup(groups, parts[0]))
+
+
+def _shard(samples: list[TrainSample], ranks: int) -> list[list[TrainSample]]:
+    """Round-robin over samples sorted by length, so every rank gets similar token counts."""
+    order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
+    shards = [[] for _ in range(ranks)]
+    for k, i in enumerate(order):
+        shards[k % ranks].append(samples[i])
+    return shards
+
+
+class LearnerGroup:
+    """DeepSpeed data-parallel ranks; every call goes to all ranks (ZeRO collectives)."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+
+    def train_async(self, batch: TrainBatch) -> Pending:
+        shards = _shard(batch.samples, len(self.actors))
+        refs = [a.train_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
+        return Pending(refs, lambda parts: parts[0])
+
+    def call_all(self, make_call) -> list:
+        """`make_call(actor)` -> object ref, on every rank; results in rank order."""
+        import ray
+
+        return ray.get([make_call(a) for a in self.actors])
+
+    def export_hf(self, out_dir: Path) -> None:
+        self.call_all(lambda a: a.export_hf.remote(str(out_dir)))
+
+
+class CriticGroup(LearnerGroup):
+    def values_async(self, groups: list[RolloutGroup]) -> Pending:
+        samples = scoring_samples(groups)
+        refs = [a.compute_values.remote(samples) for a in self.actors]
+        return Pending(refs, lambda parts: _regroup(groups, parts[0]))

@@ -1,0 +1,231 @@
+"""What each role is started with: frozen records, built from a RunConfig in one place
+(`role_specs`). An actor constructor takes its spec and nothing else, so a config field reaches
+a role only through a named spec field, never through a dict that can drop it silently.
+
+No Ray, no torch here: the specs are plain values that pickle to any actor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from rlsys.config import RunConfig
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What one generate call asks of an engine (greedy evaluation: temperature 0, n 1).
+
+    seed: base seed of this call; the engine derives each (prompt, sample) request's seed from it
+          and the prompt's uid, so what is sampled does not depend on the engine's history.
+          None: the engine's own running generator (not reproducible across restarts).
+    """
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: Optional[int] = None
+
+    def for_call(self, seed: int) -> "SamplingSpec":
+        return SamplingSpec(self.n, self.temperature, self.top_p, self.max_new_tokens, seed)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One vLLM rollout engine (rlsys/models/engine.py)."""
+
+    model_path: str
+    tensor_parallel_size: int = 1
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.5
+    seed: int = 0
+    enforce_eager: bool = True
+    max_num_seqs: Optional[int] = None
+    kv_cache_space_gib: float = 1.0
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """A DeepSpeed trainer, policy or critic (rlsys/deepspeed_base.py).
+
+    Schedule lengths (warmup_steps, total_steps) count train_step calls. loss_agg / norm_length:
+    a LOSS_AGGREGATIONS name and seq_mean_token_sum_norm's constant divisor.
+    """
+
+    model_path: str
+    zero_stage: int = 2
+    lr: float = 1e-6
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 1
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    dtype: str = "bfloat16"
+    seed: int = 0
+    backend: str = "auto"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    loss_agg: str = "token_mean"
+    norm_length: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """The policy learner (rlsys/learner.py).
+
+    policy_loss: a POLICY_LOSSES name; clip_* / dual_clip / seq_clip_*: its PolicyLossParams.
+    kl_coef, kl_estimator: KL(pi || pi_ref) as a loss term (0 disables).
+    max_is_weight: cap of the truncated importance weight pi_old / pi_behaviour; None disables.
+    temperature: the sampling temperature; log-probs are of logits / temperature.
+    """
+
+    trainer: TrainerSpec
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = None
+    seq_clip_low: float = 3e-4
+    seq_clip_high: float = 4e-4
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    max_is_weight: Optional[float] = None
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class CriticSpec:
+    """The PPO value model (rlsys/critic.py); value_clip: clip range around the old values."""
+
+    trainer: TrainerSpec
+    value_clip: Optional[float] = 0.2
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """The frozen reference policy (rlsys/reference.py); temperature as the learner's."""
+
+    model_path: str
+    dtype: str = "bfloat16"
+    temperature: float = 1.0
+    micro_batch_size: int = 8
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """The reward actor: weighted components (rlsys/rewards/scorer.py) and an optional scalar
+    reward model added with `reward_model_weight`."""
+
+    components: tuple[tuple[str, float], ...]
+    timeout_s: float = 5.0
+    num_workers: int = 2
+    reward_model: Optional[str] = None
+    reward_model_weight: float = 1.0
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class DistRank:
+    """One rank of a data-parallel group and the group's rendezvous (rank 0's node, a port)."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+
+@dataclass(frozen=True)
+class RoleSpecs:
+    """Every role of a run; reference and critic are None when the algorithm needs none."""
+
+    engine: EngineSpec
+    reward: RewardSpec
+    learner: LearnerSpec
+    critic: Optional[CriticSpec]
+    reference: Optional[ReferenceSpec]
+    train_sampling: SamplingSpec
+    eval_sampling: SamplingSpec
+
+
+def _trainer(cfg: RunConfig, model_path: str, *, zero_stage: int, lr: float, micro_batch_size: int) -> TrainerSpec:
+    lr_cfg, a = cfg.learner, cfg.algorithm
+    return TrainerSpec(
+        model_path=model_path, zero_stage=zero_stage, lr=lr, lr_schedule=lr_cfg.lr_schedule,
+        warmup_steps=lr_cfg.warmup_steps, total_steps=cfg.total_steps, weight_decay=lr_cfg.weight_decay,
+        grad_clip=lr_cfg.grad_clip, micro_batch_size=micro_batch_size, ppo_epochs=lr_cfg.ppo_epochs,
+        mini_batches=lr_cfg.mini_batches, dtype=cfg.model.dtype, seed=cfg.seed, backend=lr_cfg.backend,
+        gradient_checkpointing=lr_cfg.gradient_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
+        loss_agg=a.loss_agg, norm_length=a.norm_length)
+
+
+def engine_spec(cfg: RunConfig, model_path: str) -> EngineSpec:
+    ro = cfg.rollout
+    return EngineSpec(
+        model_path=model_path, tensor_parallel_size=ro.tensor_parallel_size, dtype=cfg.model.dtype,
+        max_model_len=ro.max_model_len, gpu_memory_utilization=ro.gpu_memory_utilization, seed=cfg.seed,
+        enforce_eager=ro.enforce_eager, max_num_seqs=ro.max_num_seqs, kv_cache_space_gib=ro.cpu_kv_cache_gib,
+        trust_remote_code=cfg.model.trust_remote_code)
+
+
+def reward_spec(cfg: RunConfig) -> RewardSpec:
+    r = cfg.reward
+    return RewardSpec(components=tuple((c.name, c.weight) for c in r.components), timeout_s=r.timeout_s,
+                      num_workers=r.num_workers, reward_model=r.reward_model,
+                      reward_model_weight=r.reward_model_weight, dtype=cfg.model.dtype)
+
+
+def train_sampling(cfg: RunConfig) -> SamplingSpec:
+    ro = cfg.rollout
+    return SamplingSpec(ro.n, ro.temperature, ro.top_p, ro.max_new_tokens)
+
+
+def eval_sampling(cfg: RunConfig) -> SamplingSpec:
+    return SamplingSpec(1, 0.0, 1.0, cfg.eval.max_new_tokens)
+
+
+def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
+    """The one place a RunConfig becomes role specs. `model_path`: the resolved policy (an
+    embedded model's built directory, else `model.path`)."""
+    a, lr_cfg = cfg.algorithm, cfg.learner
+    learner = LearnerSpec(
+        trainer=_trainer(cfg, model_path, zero_stage=lr_cfg.zero_stage, lr=lr_cfg.lr,
+                         micro_batch_size=lr_cfg.micro_batch_size),
+        policy_loss=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
+        seq_clip_low=a.seq_clip_low, seq_clip_high=a.seq_clip_high,
+        # KL folded into the reward is not also a loss term.
+        kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_estimator=a.kl_estimator,
+        entropy_coef=a.entropy_coef, max_is_weight=a.max_is_weight, temperature=cfg.rollout.temperature)
+    critic = None
+    if cfg.critic.enabled:
+        c = cfg.critic
+        critic = CriticSpec(trainer=_trainer(cfg, c.path or model_path, zero_stage=c.zero_stage, lr=c.lr,
+                                             micro_batch_size=c.micro_batch_size), value_clip=c.value_clip)
+    reference = None
+    if a.kl_coef > 0:
+        # Same temperature as the learner: the KL compares the two tempered distributions.
+        reference = ReferenceSpec(model_path=cfg.reference.path or model_path, dtype=cfg.model.dtype,
+                                  temperature=cfg.rollout.temperature, trust_remote_code=cfg.model.trust_remote_code)
+    return RoleSpecs(engine=engine_spec(cfg, model_path), reward=reward_spec(cfg), learner=learner,
+                     critic=critic, reference=reference, train_sampling=train_sampling(cfg),
+                     eval_sampling=eval_sampling(cfg))
+
+
+def prompt_seed(call_seed: int, uid: str) -> int:
+    """The sampling seed of one prompt in a seeded call (vLLM gives sample j of it seed + j).
+    A hash, not Python's salted hash(), so every process derives the same value."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{call_seed}:{uid}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x3FFFFFFF
+
+
+def call_seed(run_seed: int, step: int, round_: int) -> int:
+    """The seed of the generate call for training step `step` (1-based), draw round `round_`."""
+    return prompt_seed(run_seed, f"step{step}/round{round_}")
