@@ -60,8 +60,9 @@ def _resume_point(cfg: RunConfig) -> tuple[Optional[Path], Optional[Path]]:
 
 class StopOnSignal:
     """SIGTERM / SIGINT ask the run to stop at the next step boundary with a checkpoint; a
-    second one exits at once. Installed after Ray is up, so it replaces Ray's own handlers
-    (which end the process with a C++ signal dump)."""
+    second one exits at once. It replaces Python's default handlers and Ray's (which end the
+    process with a C++ signal dump); the processes the run starts do not take the signal
+    (rlsys/signals.py)."""
 
     def __init__(self):
         self.reason: Optional[str] = None
@@ -97,6 +98,7 @@ def run_training(cfg: RunConfig) -> int:
     from rlsys.rewards import RewardFailureError, RewardSpecError, probe_rewards
     from rlsys.plugins import resolve as resolve_function
     from rlsys.sampling import replay_source
+    from rlsys.signals import stop_signals_held
 
     t0 = time.perf_counter()
     try:  # before anything is built or started: a bad checkpoint costs nothing
@@ -125,9 +127,10 @@ def run_training(cfg: RunConfig) -> int:
           f"{len(train)} train / {len(test)} test prompts"
           + (f"; {len(replay.items)} recorded groups to replay" if replay is not None else "")
           + (f"; resuming from {resume_ckpt}" if resume_ckpt else ""), flush=True)
-    ray = connect(cfg)
     stop = StopOnSignal()
-    stop.install()
+    with stop_signals_held():  # Ray's processes ignore a signal meant for the whole group
+        ray = connect(cfg)
+        stop.install()  # after ray.init, which installs handlers of its own
     roles = start_roles(cfg, model_path)
     try:
         driver = Driver(cfg, roles, train, test, run_dir, replay=replay, stop_requested=stop,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsys.config import RunConfig, to_dict
+from rlsys.signals import stop_signals_held
 
 
 def flatten(prefix: str, record: Any) -> dict[str, float]:
@@ -46,9 +47,10 @@ class MetricsLogger:
         if cfg.logging.wandb != "disabled":
             import wandb
 
-            self._wandb = wandb.init(project=cfg.logging.project, name=run_dir.name, id=run_dir.name,
-                                     resume="allow", dir=str(run_dir), mode=cfg.logging.wandb,
-                                     config=to_dict(cfg), reinit="finish_previous")
+            with stop_signals_held():  # its service process must outlive a signal to the group
+                self._wandb = wandb.init(project=cfg.logging.project, name=run_dir.name, id=run_dir.name,
+                                         resume="allow", dir=str(run_dir), mode=cfg.logging.wandb,
+                                         config=to_dict(cfg), reinit="finish_previous")
         self._plot = cfg.logging.plot
 
     def log(self, step: int, row: dict[str, float]) -> None:
@@ -56,8 +58,7 @@ class MetricsLogger:
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(_jsonl(row))
-        if self._wandb is not None:
-            self._wandb.log(row, step=step)
+        self._to_wandb(lambda run: run.log(row, step=step))
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3g}" for k in
@@ -73,8 +74,19 @@ class MetricsLogger:
             self._bar.close()
         if self._plot and self.rows:
             plot_curves(self.rows, self.run_dir / "curves.png")
-        if self._wandb is not None:
-            self._wandb.finish()
+        self._to_wandb(lambda run: run.finish())
+
+    def _to_wandb(self, call) -> None:
+        """A sink that broke (its service process killed, e.g. by a signal to every process of a
+        job) is dropped with one warning; metrics.jsonl keeps every row."""
+        if self._wandb is None:
+            return
+        try:
+            call(self._wandb)
+        except Exception as err:
+            self._wandb = None
+            print(f"[rlsys] wandb stopped working ({type(err).__name__}: {err}); the run goes on, "
+                  f"metrics stay in {self.path}", file=sys.stderr, flush=True)
 
 
 def _jsonl(row: dict) -> str:

@@ -67,7 +67,8 @@ class RolloutPool:
                .options(num_returns="streaming", _generator_backpressure_num_objects=window)
                .remote(prompts, sampling))
         self.outstanding[i] += len(prompts)
-        return EngineStream(gen, slots, lambda: self._taken(i, 1), engine=i, prompts=prompts, sampling=sampling)
+        return EngineStream(gen, slots, lambda: self._taken(i, 1), engine=i, actor=self.actors[i], prompts=prompts,
+                            sampling=sampling)
 
     def _taken(self, i: int, n: int) -> None:
         self.outstanding[i] -= n

@@ -55,14 +55,13 @@ class Roles:
     # ------------------------------------------------------------------ dead actors
 
     def engine_died(self, stream: EngineStream, missing: list[int]) -> list[EngineStream]:
-        """Restart the stream's engine and generate its missing groups there (same seeds)."""
-        t0 = time.perf_counter()
-        self.restart_engine(stream.engine)
+        """Restart the stream's engine (unless another batch's stream already did) and generate
+        its missing groups there (same seeds)."""
+        if stream.actor is self.rollout.actors[stream.engine]:
+            self.restart_engine(stream.engine)
         prompts = [stream.prompts[k] for k in missing]
         slots = [stream.slots[k] for k in missing]
-        out = [self.rollout.stream_on(stream.engine, prompts, slots, stream.sampling, self.cfg.rollout.stream_window)]
-        self.recovery.add_seconds("engine", time.perf_counter() - t0)
-        return out
+        return [self.rollout.stream_on(stream.engine, prompts, slots, stream.sampling, self.cfg.rollout.stream_window)]
 
     def reply_died(self, prompts: list[Prompt], sampling: SamplingSpec) -> Pending:
         """Restart the dead engines; ask every engine again (seeded: live ones answer the same)."""
@@ -99,6 +98,7 @@ class Roles:
         import ray
 
         (engine,) = self.recovery.restart("engine", i)
+        t0 = time.perf_counter()
         self.rollout.actors[i] = engine
         self.rollout.outstanding[i] = 0
         version = ray.get(self.learner.actors[0].policy_version.remote())
@@ -106,6 +106,7 @@ class Roles:
         for bucket in buckets:
             ray.get(engine.load_weights.remote(bucket, version))
         self.recovery.sync_group_stale = True
+        self.recovery.add_seconds("engine", time.perf_counter() - t0)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingSpec) -> list[RolloutGroup]:
         """Generate and wait (evaluation); a dead engine is restarted and the call repeated."""

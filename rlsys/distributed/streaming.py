@@ -60,8 +60,9 @@ class EngineStream:
 
     slots:    the batch position (prompt draw order) of each prompt of the share.
     on_group: called once per group taken (the pool's outstanding / done counts).
-    engine, prompts, sampling: which engine generates which prompts how, so the share's
-              missing groups can be re-issued if the engine dies (same seeds: same samples).
+    engine, actor, prompts, sampling: which engine (index, and the actor then in that slot)
+              generates which prompts how, so the share's missing groups can be re-issued if
+              the engine dies (same seeds: same samples).
     arrived:  share indices whose group was taken.
     """
 
@@ -69,6 +70,7 @@ class EngineStream:
     slots: list[int]
     on_group: Callable[[], None]
     engine: int = 0
+    actor: Any = None
     prompts: list = field(default_factory=list)
     sampling: Any = None
     arrived: set = field(default_factory=set)

@@ -227,9 +227,6 @@ class WeightSyncSender:
         _send_obj(self.pg, self.device, {"version": version, "end": True})
         return SyncStats(version, n_tensors, n_buckets, n_bytes, time.perf_counter() - t0)
 
-    def close(self) -> None:
-        self.pg = None
-
 
 class WeightSyncReceiver:
     """A member (rank >= 1) of the weight-sync group, in a rollout actor.
@@ -265,6 +262,3 @@ class WeightSyncReceiver:
                     numel *= s
                 nbytes = numel * torch.empty((), dtype=dt).element_size()
                 yield name, payload[off:off + nbytes].view(dt).view(shape)
-
-    def close(self) -> None:
-        self.pg = None

@@ -127,6 +127,13 @@ class VLLMEngine:
         if self.multimodal:
             # No videos: skips profiling/allocating for them.
             llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt, "video": 0})
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vLLM 0.32 rewinds a seeded request's generator after a partial (chunked) prefill
+            # with Generator.set_offset, which CPU generators lack ("CPU Generator does not use
+            # offset"): seeded sampling on CPU needs whole-prompt prefills.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         t0 = time.perf_counter()
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,

@@ -142,7 +142,7 @@ def test_ray_job_stop_checkpoints_the_run(ray_head, tmp_path, tiny_model_dir):
     client = JobSubmissionClient(ray_head)
     deadline = time.time() + 600
     while not any('"step": 1,' in p.read_text() for p in out.glob("default-*/metrics.jsonl")):
-        assert time.time() < deadline and client.get_job_status(job_id) == JobStatus.RUNNING, \
+        assert time.time() < deadline and client.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING), \
             client.get_job_logs(job_id)[-4000:]
         time.sleep(1)
     stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(),
@@ -154,6 +154,7 @@ def test_ray_job_stop_checkpoints_the_run(ray_head, tmp_path, tiny_model_dir):
     logs = client.get_job_logs(job_id)
     assert client.get_job_status(job_id) == JobStatus.STOPPED, logs[-4000:]
     (run_dir,) = out.glob("default-*")
+    assert (run_dir / "summary.json").is_file(), logs[-6000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped"] == "SIGTERM" and 1 <= summary["steps"] < 50, logs[-4000:]
     assert Path(summary["checkpoint"]).is_dir() and f"resume: rlsys train --resume {run_dir}" in logs

@@ -159,37 +159,40 @@ def test_reward_actor_killed_while_scoring(ray_cluster, task_data, tmp_path, mon
                  recovery_s=row["faults/recovery_s/reward"], lost="nothing")
 
 
-@pytest.mark.parametrize("moment", ["update", "sync"])
-def test_learner_killed_goes_back_to_the_checkpoint(ray_cluster, task_data, tmp_path, monkeypatch, moment,
-                                                    fault_record):
+@pytest.mark.parametrize("moment, step, save_every", [("update", 3, 2), ("sync", 3, 2), ("update", 2, 10)])
+def test_learner_killed_goes_back_to_the_checkpoint(ray_cluster, task_data, tmp_path, monkeypatch, moment, step,
+                                                    save_every, fault_record):
+    """With save_every=10 nothing is saved before the kill: the run goes back to its start."""
     from rlsys.distributed.clients import LearnerGroup
     from rlsys.distributed.roles import Roles
 
-    cfg = _config(task_data, tmp_path, ["total_steps=4", "checkpoint.save_every=2"])
+    cfg = _config(task_data, tmp_path, ["total_steps=4", f"checkpoint.save_every={save_every}"])
     driver, roles, kill = _driver(cfg, task_data, tmp_path)
     fired = []
 
-    def in_step_3(*args):
-        if driver.step_index == 3 and not fired:
+    def in_the_step(*args):
+        if driver.step_index == step and not fired:
             fired.append(True)
             kill("learner")
 
     if moment == "update":  # the update's call is out: the learner is mid-train_step
-        _kill_at(monkeypatch, LearnerGroup, "train_async", in_step_3)
+        _kill_at(monkeypatch, LearnerGroup, "train_async", in_the_step)
     else:
-        _kill_at(monkeypatch, Roles, "_get_sync", in_step_3, after=False)
+        _kill_at(monkeypatch, Roles, "_get_sync", in_the_step, after=False)
     _run(driver, roles, tmp_path)
     assert fired and driver.step_index == 4
     rows = [r for r in _rows(tmp_path) if "reward/mean" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 ran twice, logged once
-    assert rows[2]["faults/restarts/learner"] == 1.0 and rows[2]["faults/recovery_s/learner"] > 0
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the lost steps ran again, each logged once
+    back_to = (step - 1) // save_every * save_every
+    assert rows[back_to]["faults/restarts/learner"] == 1.0 and rows[back_to]["faults/recovery_s/learner"] > 0
     assert rows[3]["policy/version"] == 4 and rows[3]["learner/mismatch_abs_max"] < LOGPROB_TOL
     assert (tmp_path / "checkpoints" / "final").is_dir()
+    where = f"checkpoints/step_{back_to}" if back_to else "the start (no checkpoint yet)"
     fault_record(fault=f"kill -9 of the DeepSpeed learner during {'the update' if moment == 'update' else 'weight sync'}"
-                 " (step 3, checkpoint at step 2)",
-                 outcome="learner group rebuilt from checkpoints/step_2 in the same run; step 3 ran again",
-                 recovery_s=rows[2]["faults/recovery_s/learner"],
-                 lost="nothing (step 3's partial work is redone; its row is written once)")
+                 f" of step {step} (checkpoint.save_every = {save_every})",
+                 outcome=f"learner group rebuilt from {where} in the same run; steps {back_to + 1}-{step} ran again",
+                 recovery_s=rows[back_to]["faults/recovery_s/learner"],
+                 lost="nothing (the lost steps are redone; each row is written once)")
 
 
 def test_past_the_restart_budget_the_run_stops_with_one_line_and_a_checkpoint(ray_cluster, task_data, tmp_path,

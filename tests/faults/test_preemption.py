@@ -1,8 +1,9 @@
-"""Preemption of the real `python -m launch.train` process: SIGTERM (what a scheduler sends)
+"""Preemption of the real `python -m launch.train` process: SIGTERM to its whole process group
+(what a scheduler, `ray job stop` and Ctrl-C do: the private Ray under the driver gets it too)
 stops the run at the next step boundary with a checkpoint, metrics flushed and a resume command,
 exit code 75 and no signal dump; `--resume RUN_DIR` then finishes the run in the same directory,
 and the resumed steps are bit-identical to an uninterrupted run of the same seed. A second
-SIGINT exits at once."""
+SIGINT exits at once; kill -9 of the driver leaves no process behind."""
 from __future__ import annotations
 
 import json
@@ -53,7 +54,10 @@ def _samples(run_dir: Path, step: int):
 
 
 def _start_and_wait_for_step(cmd, out: Path, step: int, timeout_s: float = 600):
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its own session: the signals below go to the run's whole process group, as a terminal's
+    # or a scheduler's do.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + timeout_s
     while time.time() < deadline and proc.poll() is None:
         runs = list(out.glob("default-*"))
@@ -72,7 +76,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(tiny_model_dir, tmp_path, fault
     (full_dir,) = full_out.glob("default-*")
 
     proc, run_dir = _start_and_wait_for_step(_command(tiny_model_dir, cut_out), cut_out, 2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     signalled = time.time()
     stdout, stderr = proc.communicate(timeout=300)
     stop_s = time.time() - signalled
@@ -97,7 +101,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(tiny_model_dir, tmp_path, fault
         for key in ("reward/mean", "learner/policy_loss", "learner/grad_norm"):
             assert rows[step][key] == full_rows[step][key], (step, key)
     assert _final_weights(run_dir) == _final_weights(full_dir)
-    fault_record(fault="SIGTERM to `python -m launch.train` in step 3", outcome=f"checkpoint step_{stopped_at}, rc 75; "
+    fault_record(fault="SIGTERM to the process group of `python -m launch.train` in step 3", outcome=f"checkpoint step_{stopped_at}, rc 75; "
                  "`--resume` finished in the same run dir, bit-identical to an uninterrupted run",
                  recovery_s=stop_s, lost="nothing")
 
@@ -119,9 +123,32 @@ def _final_weights(run_dir: Path) -> str:
 
 def test_a_second_sigint_exits_at_once(tiny_model_dir, tmp_path):
     proc, run_dir = _start_and_wait_for_step(_command(tiny_model_dir, tmp_path), tmp_path, 1)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert "SIGINT again: exiting now" in stderr
+
+
+def test_kill_9_of_the_driver_leaves_no_process_behind(tiny_model_dir, tmp_path, fault_record):
+    """Every process the driver started (its private Ray: GCS, raylet, agents, the actors) ends
+    with it. Ray's dashboard and runtime-env agents wait a fixed 60 s to report the raylet's
+    death to the dead GCS, so the bound is generous."""
+    import psutil
+
+    proc, _ = _start_and_wait_for_step(_command(tiny_model_dir, tmp_path), tmp_path, 1)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert any("raylet" in " ".join(p.cmdline()) for p in started), [p.name() for p in started]
+    killed = time.time()
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = killed + 180
+    while time.time() < deadline:
+        alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(1)
+    assert not alive, [(p.pid, " ".join(p.cmdline())[:80]) for p in alive]
+    fault_record(fault="kill -9 of the driver", outcome=f"all {len(started)} processes it started exited",
+                 recovery_s=time.time() - killed, lost="the steps since the last checkpoint (resume with --resume)")

@@ -34,7 +34,8 @@ def _run(task_data, tmp_path, components: str, overrides=()):
     cfg = small_loop_config(task_data, tmp_path / "out", B, G, [
         "checkpoint.export_hf=false", f"reward.components={components}", *overrides])
     roles = start_roles(cfg, str(_run.model_dir))
-    driver = Driver(cfg, roles, load_split(cfg, task_data[0]), load_split(cfg, task_data[1]), tmp_path / "run")
+    driver = Driver(cfg, roles, load_split(cfg, task_data[0]), load_split(cfg, task_data[1]), tmp_path / "run",
+                    skipped_rows={"train": 2, "test": 0})
     try:
         return driver, driver.run()
     finally:
@@ -95,6 +96,10 @@ def test_a_remote_reward_on_a_closed_port(ray_cluster, task_data, tmp_path, faul
                       ["total_steps=3", "reward.max_failed_steps=5"])
     rows = _rows(tmp_path / "run")
     assert summary.steps == 3 and all(r["reward/failures"] == B * G for r in rows)
+    # The rows skipped at load (data.on_bad_row = skip) are in every step's row and the summary.
+    assert {(r["data/skipped_rows_train"], r["data/skipped_rows_test"]) for r in rows} == {(2.0, 0.0)}
+    summary_file = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary_file["skipped_rows"] == {"train": 2, "test": 0}
     fault_record(fault="a remote reward on a closed port of 127.0.0.1",
                  outcome=f"retries, then the breaker opened; every sample counted as failed; 3 steps in "
                          f"{time.time() - t0:.0f} s with the actors' start",

@@ -73,7 +73,7 @@ def test_scoring_starts_while_later_groups_still_generate(roles, task_data, trai
 
     driver = Driver(_config(task_data, tmp_path), roles, train_prompts, train_prompts[:2], tmp_path)
     prompts = train_prompts[:B]
-    batch = roles.launch([], prompts, driver.score_async)
+    batch = roles.launch([], prompts, driver.score_async, seed=1)
     replayed, scored = roles.pump.finish(batch)
 
     assert replayed == [] and [sg.group.prompt.uid for sg in scored] == [p.uid for p in prompts]
