@@ -47,7 +47,8 @@ def render(results: Path, what: str, passed: bool) -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     lines += ["", "Seconds to recover: the restart (process start, model load, weights from the learner) "
               "plus re-issuing the work, as logged in `faults/recovery_s/<role>`; for SIGTERM, signal to exit "
-              "(the rest of the step, the checkpoint, the actors stopped)."]
+              "(the rest of the step, the checkpoint, the actors stopped); for kill -9 of the driver, until the "
+              "last process it started had exited (Ray's agents wait 60 s to report to the dead GCS)."]
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT.read_text())
     return 0

@@ -190,7 +190,8 @@ def test_learner_killed_goes_back_to_the_checkpoint(ray_cluster, task_data, tmp_
     where = f"checkpoints/step_{back_to}" if back_to else "the start (no checkpoint yet)"
     fault_record(fault=f"kill -9 of the DeepSpeed learner during {'the update' if moment == 'update' else 'weight sync'}"
                  f" of step {step} (checkpoint.save_every = {save_every})",
-                 outcome=f"learner group rebuilt from {where} in the same run; steps {back_to + 1}-{step} ran again",
+                 outcome=f"learner group rebuilt from {where} in the same run; "
+                         + (f"step {step} ran again" if back_to + 1 == step else f"steps {back_to + 1}-{step} ran again"),
                  recovery_s=rows[back_to]["faults/recovery_s/learner"],
                  lost="nothing (the lost steps are redone; each row is written once)")
 

@@ -151,4 +151,6 @@ def test_kill_9_of_the_driver_leaves_no_process_behind(tiny_model_dir, tmp_path,
         time.sleep(1)
     assert not alive, [(p.pid, " ".join(p.cmdline())[:80]) for p in alive]
     fault_record(fault="kill -9 of the driver", outcome=f"all {len(started)} processes it started exited",
-                 recovery_s=time.time() - killed, lost="the steps since the last checkpoint (resume with --resume)")
+                 recovery_s=time.time() - killed,
+                 lost="nothing saved is lost: `--resume` continues from the last checkpoint (a driver killed "
+                      "with -9 cannot write one, so at most checkpoint.save_every steps are redone)")
