@@ -87,7 +87,7 @@ def _ready(actors: list) -> list:
     """Wait until every actor has finished loading; -> the actors."""
     import ray
 
-    ray.get([a.ready.remote() if hasattr(a, "ready") else a.__ray_ready__.remote() for a in actors])
+    ray.get([a.__ray_ready__.remote() for a in actors])
     return actors
 
 

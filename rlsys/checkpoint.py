@@ -154,7 +154,7 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest(run_dir: Path) -> Optional[Path]:
     """The checkpoint of a run directory with the most steps behind it (the final one if the
     run finished), or None."""
-    candidates = [(s, p) for s, p in step_checkpoints(run_dir)]
+    candidates = step_checkpoints(run_dir)
     final = Path(run_dir) / "checkpoints" / "final"
     if (final / STATE_FILE).is_file():
         candidates.append((load_state(final).step, final))

@@ -76,7 +76,7 @@ class Driver:
         # Batches launched for this step and, asynchronously, the next max_staleness steps.
         self.ahead: deque = deque()
         self.launched_steps = 0
-        self._completed = self._sampler_states()  # data positions at the end of the last step
+        self._completed = self._progress()  # data positions at the end of the last step
 
     # ------------------------------------------------------------------ stages
 
@@ -215,7 +215,7 @@ class Driver:
             self.sampler.load_state(SamplerState())
             if self.replay is not None:
                 self.replay.load_state(SamplerState())
-            self._completed = self._sampler_states()
+            self._completed = self._progress()
             self.roles.sync_weights(self.version)
         logger.truncate(self.step_index)
         self.roles.recovery.add_seconds("learner", time.perf_counter() - t0)
@@ -266,7 +266,7 @@ class Driver:
         was requested; -> (the stop reason or None, the checkpoint written or None)."""
         cfg = self.cfg
         row = self.step()
-        self._completed = self._sampler_states()
+        self._completed = self._progress()
         if cfg.eval.every and self.step_index % cfg.eval.every == 0 and self.step_index < cfg.total_steps:
             row.update(flatten("eval", self.evaluate()))
         logger.log(self.step_index, row)
@@ -278,8 +278,9 @@ class Driver:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _sampler_states(self) -> tuple:
-        """(step, version, prompt sampler state, replay sampler state) now."""
+    def _progress(self) -> tuple:
+        """(step, policy version, prompt sampler state, replay sampler state) now: what a step
+        that fails for good is rolled back to (`save_after_failure`)."""
         return (self.step_index, self.version, dataclasses.replace(self.sampler.state),
                 dataclasses.replace(self.replay.state) if self.replay is not None else None)
 
@@ -330,7 +331,7 @@ class Driver:
         for replayed, generated in checkpoint.load_inflight(path, self.prompts_by_uid):
             self.ahead.append(self.roles.resume_batch(replayed, generated))
         self.launched_steps = self.step_index + len(self.ahead)
-        self._completed = self._sampler_states()
+        self._completed = self._progress()
         self.roles.sync_weights(self.version)
 
 

@@ -13,7 +13,7 @@ from rlsys.config import RunConfig
 from rlsys.distributed.clients import CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RolloutPool
 from rlsys.distributed.media_store import MediaStore
 from rlsys.distributed.pending import Pending, join, wait
-from rlsys.distributed.recovery import LearnerDied, Recovery
+from rlsys.distributed.recovery import LearnerDied, Recovery, actor_id, dead_actor_id, is_actor_death
 from rlsys.distributed.streaming import EngineStream, InFlightBatch, StreamPump
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 from rlsys.specs import SamplingSpec
@@ -70,8 +70,6 @@ class Roles:
         return self.rollout.generate_async(prompts, sampling)
 
     def scorer_died(self, err: BaseException) -> None:
-        from rlsys.distributed.recovery import actor_id, dead_actor_id
-
         dead = dead_actor_id(err)
         if dead == actor_id(self.reward.actor):
             (self.reward.actor,) = self.recovery.restart("reward")
@@ -81,16 +79,8 @@ class Roles:
             raise LearnerDied(f"a critic rank died: {err}")
 
     def dead_engines(self) -> list[int]:
-        import ray
-
-        refs = [e.policy_version.remote() for e in self.rollout.actors]
-        dead = []
-        for i, ref in enumerate(refs):
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError:
-                dead.append(i)
-        return dead
+        """Engines whose process is gone (a busy live engine is waited for, not counted)."""
+        return [i for i, e in enumerate(self.rollout.actors) if not _alive(e, timeout_s=None)]
 
     def restart_engine(self, i: int) -> None:
         """Engine i again in its bundle, holding the learner's current weights (not the disk's):
@@ -110,8 +100,6 @@ class Roles:
 
     def generate(self, prompts: list[Prompt], sampling: SamplingSpec) -> list[RolloutGroup]:
         """Generate and wait (evaluation); a dead engine is restarted and the call repeated."""
-        from rlsys.distributed.recovery import is_actor_death
-
         while True:
             try:
                 return self.rollout.generate(prompts, sampling)
@@ -148,8 +136,6 @@ class Roles:
         """Wait for a sync; a dead engine is restarted (it loads the new weights itself)."""
         import ray
 
-        from rlsys.distributed.recovery import is_actor_death
-
         failure, pending = None, list(refs)
         while pending and failure is None:  # stop at the first failure: the rest may never end
             ready, pending = ray.wait(pending, num_returns=1)
@@ -176,8 +162,6 @@ class Roles:
 
     def learner_died(self, err: BaseException) -> bool:
         """Whether `err` is the death of a learner or critic rank (and the run can recover)."""
-        from rlsys.distributed.recovery import actor_id, dead_actor_id, is_actor_death
-
         if self.recovery is None:
             return False
         if isinstance(err, LearnerDied):
@@ -256,11 +240,13 @@ class GenerationRoles:
         remove_placement_group(self.placement_group)
 
 
-def _alive(actor) -> bool:
+def _alive(actor, timeout_s: Optional[float] = 30.0) -> bool:
+    """Whether `actor` answers (after the calls queued before this one); a learner that does not
+    within `timeout_s` is as good as dead (e.g. stuck in a broadcast to a dead peer)."""
     import ray
 
     try:
-        ray.get(actor.__ray_ready__.remote(), timeout=30)
+        ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
         return True
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return False

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
+from rlsys.distributed.recovery import is_actor_death
 from rlsys.protocol import RolloutGroup, ScoredGroup
 
 # score_async(groups) -> Pending whose value is the groups' ScoredGroups, in order.
@@ -196,8 +197,6 @@ class InFlightBatch:
 
     def _recover_stream(self, st: EngineStream, err: BaseException) -> None:
         """The stream's engine died: its groups not yet taken are generated again (same seeds)."""
-        from rlsys.distributed.recovery import is_actor_death
-
         if self.discarding:
             self.streams.remove(st)
             return
@@ -209,8 +208,6 @@ class InFlightBatch:
             self.streams += self.recoverer.engine_died(st, missing)
 
     def _recover_reply(self, err: BaseException):
-        from rlsys.distributed.recovery import is_actor_death
-
         if self.recoverer is None or not is_actor_death(err):
             raise err
         return self.recoverer.reply_died(*self.reply_request)
@@ -232,8 +229,6 @@ class InFlightBatch:
 
     def _finish(self, s: _Scoring) -> None:
         import ray
-
-        from rlsys.distributed.recovery import is_actor_death
 
         try:
             values = ray.get(s.pending.refs)
