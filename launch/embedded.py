@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlsys.config import RunConfig
+from rlsys.config.schema import SyntheticConfig
 
 # Bump when the builder, the task generator or the warm-start recipe changes meaning.
-ASSET_VERSION = 3
+# 4: the warm start trains on a fixed-size dataset (it used the first caller's train_size).
+ASSET_VERSION = 4
 
 
 @dataclass
@@ -45,25 +47,33 @@ def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def synthetic_data(cfg: RunConfig) -> tuple[Path, Path]:
+def synthetic_data(cfg: RunConfig, syn: SyntheticConfig | None = None) -> tuple[Path, Path]:
+    """(train, test) Parquet files of `syn` (default: the run's `data.synthetic`)."""
     from rlsys.data.synthetic import write_synthetic_dataset
 
-    syn = cfg.data.synthetic
+    syn = syn or cfg.data.synthetic
     spec = {"v": ASSET_VERSION, "seed": cfg.seed, **dataclasses.asdict(syn)}
     out = cache_root(cfg) / "data" / f"synthetic-{_key(spec)}"
     with _locked(out):
         if not (out / "done").exists():
             write_synthetic_dataset(out, syn.train_size, syn.test_size, seed=cfg.seed,
-                                    families=syn.families, difficulty=_difficulty(cfg))
+                                    families=syn.families, difficulty=_difficulty(syn))
             (out / "spec.json").write_text(json.dumps(spec, indent=2))
             (out / "done").touch()
     return out / "train.parquet", out / "test.parquet"
 
 
-def _difficulty(cfg: RunConfig) -> dict:
-    syn = cfg.data.synthetic
+def _difficulty(syn: SyntheticConfig) -> dict:
     return {"image_size": syn.image_size, "min_objects": syn.min_objects,
             "max_objects": syn.max_objects, "num_colors": syn.num_colors}
+
+
+def demonstration_task(cfg: RunConfig) -> SyntheticConfig:
+    """The synthetic set the warm start learns from: the run's task at the default sizes. The
+    cached model is keyed without the run's train_size, so whichever run builds it first (a
+    small test run, say) must not change it."""
+    return dataclasses.replace(cfg.data.synthetic, train_size=SyntheticConfig.train_size,
+                               test_size=SyntheticConfig.test_size)
 
 
 def embedded_model(cfg: RunConfig, force: bool = False) -> Path:
@@ -76,12 +86,12 @@ def embedded_model(cfg: RunConfig, force: bool = False) -> Path:
     size = cfg.model.path.split(":", 1)[1]
     spec = {"v": ASSET_VERSION, "size": size, "seed": cfg.seed, "sft_steps": DEFAULT_SFT_STEPS,
             "sft_lr": DEFAULT_SFT_LR, "guess_fraction": DEFAULT_GUESS_FRACTION,
-            "task": _difficulty(cfg), "families": cfg.data.synthetic.families}
+            "task": _difficulty(cfg.data.synthetic), "families": cfg.data.synthetic.families}
     out = cache_root(cfg) / "models" / f"{size}-{_key(spec)}"
     with _locked(out):
         if force or not (out / "done").exists():
             base = build_tiny_model(out / "base", size=size, seed=cfg.seed)
-            demo_train, _ = synthetic_data(cfg)
+            demo_train, _ = synthetic_data(cfg, demonstration_task(cfg))
             sft_warm_start(base, demo_train, out / "warm", steps=DEFAULT_SFT_STEPS, lr=DEFAULT_SFT_LR,
                            guess_fraction=DEFAULT_GUESS_FRACTION,
                            seed=cfg.seed)
