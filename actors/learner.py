@@ -35,6 +35,13 @@ class LearnerActor:
         resolve_samples(batch.samples)  # ref-form images -> bytes (cached per process)
         return self.learner.train_step(batch)
 
+    def sft_step(self, batch):
+        """TrainBatch of demonstrations (this rank's shard) -> SFTMetrics (same on all ranks)."""
+        from rlsys.distributed.media_store import resolve_samples
+
+        resolve_samples(batch.samples)
+        return self.learner.sft_step(batch)
+
     def compute_logprobs(self, samples) -> list:
         from rlsys.distributed.media_store import resolve_samples
 

@@ -14,6 +14,10 @@ class RewardActor:
         from rlsys.rewards.scorer import RewardScorer
 
         self.scorer = RewardScorer(list(spec.components), timeout_s=spec.timeout_s, max_workers=spec.num_workers)
+        self.eval_scorer = self.scorer
+        if spec.eval_components and spec.eval_components != spec.components:
+            self.eval_scorer = RewardScorer(list(spec.eval_components), timeout_s=spec.timeout_s,
+                                            max_workers=spec.num_workers)
         self.reward_model = None
         self.reward_model_weight = spec.reward_model_weight
         if spec.reward_model:
@@ -32,6 +36,11 @@ class RewardActor:
                 result.rewards = [r + self.reward_model_weight * s for r, s in zip(result.rewards, scores)]
         self.calls.append((start, time.time()))
         return results
+
+    def score_eval(self, groups: list[RolloutGroup]) -> list[RewardResult]:
+        """Held-out groups scored by the evaluation rewards (no reward model: evaluation reports
+        the verifiers a person can check)."""
+        return self.eval_scorer.score_groups(groups)
 
     def call_log(self) -> list[tuple[float, float]]:
         """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""

@@ -2,16 +2,7 @@
 from __future__ import annotations
 
 from rlsys.protocol import Prompt, RolloutGroup
-from rlsys.specs import EngineSpec, SamplingSpec, prompt_seed
-
-
-def _engine_args(prompts: list[Prompt], sampling: SamplingSpec) -> dict:
-    """VLLMEngine.generate keywords of one call; seeded calls get one seed per prompt, derived
-    from the call's seed and the prompt's uid, so a prompt samples the same responses on any
-    engine, in any batch, after any restart."""
-    seeds = None if sampling.seed is None else [prompt_seed(sampling.seed, p.uid) for p in prompts]
-    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_new_tokens, "seed": seeds}
+from rlsys.specs import EngineSpec, SamplingSpec, generate_kwargs
 
 
 class RolloutActor:
@@ -28,7 +19,7 @@ class RolloutActor:
 
         # The engine gets image bytes (fetched once per image into this process's cache); the
         # groups go back with the caller's prompts, so ref-form prompts return no image bytes.
-        groups = self.engine.generate(resolve_prompts(prompts), **_engine_args(prompts, sampling),
+        groups = self.engine.generate(resolve_prompts(prompts), **generate_kwargs(prompts, sampling),
                                       policy_version=self.version)
         for group, prompt in zip(groups, prompts):
             group.prompt = prompt
@@ -40,7 +31,7 @@ class RolloutActor:
         prompt's samples finish, in completion order (vLLM's continuous batching)."""
         from rlsys.distributed.media_store import resolve_prompts
 
-        for group in self.engine.generate_stream(resolve_prompts(prompts), **_engine_args(prompts, sampling),
+        for group in self.engine.generate_stream(resolve_prompts(prompts), **generate_kwargs(prompts, sampling),
                                                  policy_version=self.version):
             self.prompts_generated += 1
             index = self.engine.last_index

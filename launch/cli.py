@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     ro = _with_config(sub.add_parser("rollout", help="record rollouts of the initial policy for offline replay"))
     ro.add_argument("--max-prompts", type=int, default=None,
                     help="only the first N training prompts (default: all)")
+    _with_config(sub.add_parser("sft", help="supervised fine-tuning on demonstrations (sft.data) before RL; "
+                                "writes a HF checkpoint for model.path="))
     ablate_arguments(sub.add_parser("ablate", help="sampling ablation: online, then offline and mixed "
                                     "replaying it; writes table.md + accuracy.png"))
     return top
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from launch.evaluate import evaluate_cli
 
         return evaluate_cli(cfg, model=args.model, data=args.data)
+    if args.command == "sft":
+        from launch.sft import run_sft
+
+        return run_sft(cfg)
     if args.command == "rollout":
         from launch.rollout import rollout_cli
 

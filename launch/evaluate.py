@@ -28,9 +28,14 @@ def load_split(cfg: RunConfig, path: str | Path):
 
 
 def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
-    from rlsys.evaluation import evaluate_groups
+    """Generate on the held-out prompts with vLLM, score with the eval rewards (eval.rewards, else
+    reward.components), print the figures and write the tables to <output_dir>/eval-<time>/."""
+    import time
+
+    from rlsys.evaluation import eval_tables, evaluate_groups
     from rlsys.models.engine import VLLMEngine
-    from rlsys.specs import engine_spec
+    from rlsys.rewards import RewardScorer
+    from rlsys.specs import engine_spec, eval_sampling, generate_kwargs, reward_components
 
     # Build only what the command line did not name.
     if model is None:
@@ -41,11 +46,16 @@ def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.rollout.cpu_kv_cache_gib))))
     engine = VLLMEngine.from_spec(engine_spec(cfg, model))
-    groups = engine.generate(prompts, n=1, temperature=0.0, top_p=1.0,
-                             max_tokens=cfg.eval.max_new_tokens, policy_version=0)
-    result = evaluate_groups(groups)
-    print(f"eval  model={model}  data={data}  n={result.n}  accuracy={result.accuracy:.3f}  "
-          f"format_rate={result.format_rate:.3f}  mean_length={result.response_length_mean:.1f}")
+    groups = engine.generate(prompts, policy_version=0, **generate_kwargs(prompts, eval_sampling(cfg)))
+    components = reward_components(cfg.eval.rewards or cfg.reward.components)
+    with RewardScorer(list(components), timeout_s=cfg.reward.timeout_s, max_workers=cfg.reward.num_workers) as scorer:
+        scores = scorer.score_groups(groups)
+    result = evaluate_groups(groups, scores, cfg.eval.pass_threshold)
+    out = eval_tables(Path(cfg.output_dir).expanduser().resolve() / f"eval-{time.strftime('%Y%m%d-%H%M%S')}",
+                      result, groups, scores, cfg.eval.samples_logged)
+    figures = "  ".join(f"{k}={v:.3f}" for k, v in result.metrics().items() if k not in ("n", "accuracy"))
+    print(f"eval  model={model}  data={data}  n={result.n}  accuracy={result.accuracy:.3f}  {figures}")
+    print(f"tables: {out}")
     return 0
 
 

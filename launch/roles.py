@@ -13,7 +13,7 @@ from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from launch.cluster import runtime_env_vars
 from rlsys.config import RunConfig
-from rlsys.distributed.placement import bundle_options, create_placement_group, plan_roles
+from rlsys.distributed.placement import bundle_options, create_placement_group, plan_learners, plan_roles
 from rlsys.distributed.recovery import Recovery
 from rlsys.distributed.clients import CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RolloutPool
 from rlsys.distributed.roles import GenerationRoles, Roles
@@ -154,3 +154,22 @@ def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
     (reward,) = start_role(specs.reward, [Slot(pg, plan.reward, plan.bundles[plan.reward], env)])
     ray.get([e.policy_version.remote() for e in engines])
     return GenerationRoles(RolloutPool(engines), RewardClient(reward), specs.train_sampling, pg)
+
+
+def start_learners(cfg: RunConfig, spec: LearnerSpec) -> tuple[LearnerGroup, Any]:
+    """The policy learner ranks alone, ready, in a placement group of their own (`rlsys sft`);
+    -> (the group, its placement group). Stop them with `stop_learners`."""
+    plan = plan_learners(cfg)
+    pg = create_placement_group(plan, cfg.resources.colocate)
+    env = runtime_env_vars(cfg)
+    learners = _ready(start_role(spec, [Slot(pg, i, plan.bundles[i], env) for i in plan.learners]))
+    return LearnerGroup(learners), pg
+
+
+def stop_learners(group: LearnerGroup, pg) -> None:
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for a in group.actors:
+        ray.kill(a)
+    remove_placement_group(pg)

@@ -36,7 +36,12 @@ def record_rollouts(cfg: RunConfig, max_prompts: Optional[int] = None) -> Path:
     recorder = RolloutRecorder(run_dir / "rollouts")
     owns_ray = not ray_module.is_initialized()  # a caller's Ray (tests, notebooks) stays up
     ray = connect(cfg)
-    roles = start_generation(cfg, model_path)
+    try:
+        roles = start_generation(cfg, model_path)
+    except BaseException:  # e.g. PlacementError: the cluster cannot host the engines
+        if owns_ray and not cfg.resources.address:
+            ray.shutdown()
+        raise
     try:
         from rlsys.distributed.media_store import MediaStore
 
@@ -58,8 +63,14 @@ def rollout_cli(cfg: RunConfig, max_prompts: Optional[int]) -> int:
     if max_prompts is not None and max_prompts < 1:
         print(f"rlsys: rollout --max-prompts = {max_prompts}: must be >= 1", file=sys.stderr)
         return 2
+    from rlsys.distributed.placement import PlacementError
+
     t0 = time.perf_counter()
-    run_dir = record_rollouts(cfg, max_prompts)
+    try:
+        run_dir = record_rollouts(cfg, max_prompts)
+    except PlacementError as err:
+        print(f"rlsys: {err}", file=sys.stderr)
+        return 2
     print(f"[rlsys] rollouts recorded in {time.perf_counter() - t0:.1f} s: {run_dir / 'rollouts'}\n"
           f"[rlsys] replay them: rlsys train sampling.mode=offline sampling.offline_path={run_dir}",
           file=sys.stdout, flush=True)

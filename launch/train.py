@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from launch.outputs import job_note, resolve_output_path
 from rlsys.config import ConfigError, RunConfig, load_config, to_yaml
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request; resumable
@@ -28,7 +29,7 @@ def new_run_dir(cfg: RunConfig, kind: str = "") -> Path:
     """<output_dir>/<name>[-<kind>]-<timestamp>, never an existing directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = f"{cfg.name}-{kind}" if kind else cfg.name
-    path = Path(cfg.output_dir).expanduser().resolve() / f"{base}-{stamp}"
+    path = resolve_output_path(cfg.output_dir) / f"{base}-{stamp}"
     suffix = 1
     while path.exists():
         path = path.with_name(f"{base}-{stamp}-{suffix}")
@@ -46,13 +47,13 @@ def _resume_point(cfg: RunConfig) -> tuple[Optional[Path], Optional[Path]]:
     if not spec:
         return None, None
     if spec == "latest":
-        runs = sorted(Path(cfg.output_dir).expanduser().resolve().glob(f"{cfg.name}-*"))
+        runs = sorted(resolve_output_path(cfg.output_dir).glob(f"{cfg.name}-*"))
         found = [(c.stat().st_mtime, c) for c in map(checkpoint.latest, runs) if c is not None]
         if not found:
             raise checkpoint.CheckpointError(f"latest: no checkpoint under {cfg.output_dir}/{cfg.name}-*")
         ckpt = max(found)[1]
     else:
-        ckpt = Path(spec).expanduser().resolve()
+        ckpt = resolve_output_path(spec)
     checkpoint.validate(ckpt, has_critic=cfg.critic.enabled)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
     return ckpt, run_dir
@@ -85,6 +86,15 @@ class StopOnSignal:
 
 
 def run_training(cfg: RunConfig) -> int:
+    from rlsys.rewards import RewardSpecError, check_reward_forms
+
+    # Reward signatures first, before the imports below load torch (seconds) and before any
+    # asset or data work: a reward no form accepts stops the run in about a second.
+    try:
+        check_reward_forms([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]])
+    except RewardSpecError as err:
+        print(f"rlsys: {err}", file=sys.stderr)
+        return 2
     from launch.cluster import connect
     from launch.embedded import resolve
     from launch.evaluate import load_split_counted
@@ -92,15 +102,23 @@ def run_training(cfg: RunConfig) -> int:
     from rlsys import checkpoint
     from rlsys.algorithms import ADVANTAGES
     from rlsys.data import DataError
+    from rlsys.distributed.placement import PlacementError
     from rlsys.distributed.recovery import RoleFailure
     from rlsys.driver import Driver
     from rlsys.plugins import PluginError
-    from rlsys.rewards import RewardFailureError, RewardSpecError, probe_rewards
+    from rlsys.rewards import RewardFailureError, probe_rewards
     from rlsys.plugins import resolve as resolve_function
     from rlsys.sampling import replay_source
     from rlsys.signals import stop_signals_held
 
     t0 = time.perf_counter()
+    try:  # a relative output_dir inside a Ray job's temporary working dir goes to a stable place
+        resolve_output_path(cfg.output_dir)
+    except ConfigError as err:
+        print(f"rlsys: config error: output_dir: {err}", file=sys.stderr)
+        return 2
+    if job_note(cfg.output_dir):
+        print(job_note(cfg.output_dir), flush=True)
     try:  # before anything is built or started: a bad checkpoint costs nothing
         resume_ckpt, resume_dir = _resume_point(cfg)
     except checkpoint.CheckpointError as err:
@@ -117,7 +135,8 @@ def run_training(cfg: RunConfig) -> int:
         train, train_skipped = load_split_counted(cfg, assets.train_path or cfg.data.train)
         test, test_skipped = load_split_counted(cfg, assets.test_path or cfg.data.test)
         replay = replay_source(cfg, train)  # before any actor starts: a bad recording fails fast
-        probe_rewards([(c.name, c.weight) for c in cfg.reward.components], train[0], timeout_s=cfg.reward.timeout_s)
+        probe_rewards([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]], train[0],
+                      timeout_s=cfg.reward.timeout_s)
     except (DataError, RewardSpecError) as err:
         print(f"rlsys: {err}", file=sys.stderr)
         return 2
@@ -131,7 +150,13 @@ def run_training(cfg: RunConfig) -> int:
     with stop_signals_held():  # Ray's processes ignore a signal meant for the whole group
         ray = connect(cfg)
         stop.install()  # after ray.init, which installs handlers of its own
-    roles = start_roles(cfg, model_path)
+    try:  # a cluster that can never host the roles fails here in seconds, with one line
+        roles = start_roles(cfg, model_path)
+    except PlacementError as err:
+        print(f"rlsys: {err}", file=sys.stderr)
+        if not cfg.resources.address:
+            ray.shutdown()
+        return 2
     try:
         driver = Driver(cfg, roles, train, test, run_dir, replay=replay, stop_requested=stop,
                         skipped_rows={"train": train_skipped, "test": test_skipped})
@@ -175,7 +200,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         return load_config(args.config, args.overrides)
     from rlsys import checkpoint
 
-    run_dir = Path(args.resume).expanduser().resolve()
+    run_dir = resolve_output_path(args.resume)
     if args.config:
         raise ConfigError("--resume RUN_DIR uses RUN_DIR/config.yaml; drop --config")
     ckpt = checkpoint.latest(run_dir) if run_dir.is_dir() else None

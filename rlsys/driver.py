@@ -17,7 +17,7 @@ from rlsys.checkpoint import RunState
 from rlsys.config import RunConfig, to_dict
 from rlsys.distributed.recovery import RoleFailure
 from rlsys.rewards import FailureGuard, RewardFailureError
-from rlsys.evaluation import EvalResult, evaluate_groups
+from rlsys.evaluation import EvalResult, eval_tables, evaluate_groups
 from rlsys.logging import MetricsLogger, flatten
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 from rlsys.recording import RolloutRecorder
@@ -196,8 +196,13 @@ class Driver:
     # ------------------------------------------------------------------ run
 
     def evaluate(self) -> EvalResult:
-        groups = self.roles.generate(self.test_prompts, self.roles.eval_sampling)
-        return evaluate_groups(groups)
+        """Held-out evaluation at this step, scored by the eval rewards; its tables go to
+        <run>/eval/step_<k>/."""
+        e = self.cfg.eval
+        groups, scores = self.roles.evaluate(self.test_prompts, self.roles.eval_sampling)
+        result = evaluate_groups(groups, scores, e.pass_threshold)
+        eval_tables(self.run_dir / "eval" / f"step_{self.step_index}", result, groups, scores, e.samples_logged)
+        return result
 
     def recover_learner(self, logger: MetricsLogger) -> None:
         """The training group died: void what is in flight, start the group again, and go back
@@ -231,7 +236,7 @@ class Driver:
             self.eval_before = self.evaluate()
         logger = MetricsLogger(cfg, self.run_dir, cfg.total_steps - self.step_index, first_step=self.step_index)
         if self.eval_before is not None and not resumed:
-            logger.log(self.step_index, flatten("eval", self.eval_before))
+            logger.log(self.step_index, flatten("eval", self.eval_before.metrics()))
         after = stopped = saved_at = None
         try:
             while self.step_index < cfg.total_steps and not stopped:
@@ -248,7 +253,7 @@ class Driver:
                 saved_at = saved or saved_at
             if not stopped and cfg.eval.before_and_after:
                 after = self.evaluate()
-                logger.log(self.step_index, flatten("eval", after))
+                logger.log(self.step_index, flatten("eval", after.metrics()))
         finally:
             logger.close()
         if not stopped:
@@ -268,7 +273,7 @@ class Driver:
         row = self.step()
         self._completed = self._progress()
         if cfg.eval.every and self.step_index % cfg.eval.every == 0 and self.step_index < cfg.total_steps:
-            row.update(flatten("eval", self.evaluate()))
+            row.update(flatten("eval", self.evaluate().metrics()))
         logger.log(self.step_index, row)
         stopped, every, saved = self.stop_requested(), cfg.checkpoint.save_every, None
         if (every and self.step_index % every == 0 and self.step_index < cfg.total_steps) or stopped:

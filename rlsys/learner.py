@@ -21,6 +21,7 @@ from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLoss
 from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, hf_checkpoint_names
 from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
+from rlsys.sft import SFTMetrics, SFTMicroSums, sft_nll_loss
 from rlsys.specs import LearnerSpec
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,38 @@ class PolicyLearner(DeepSpeedTrainerBase):
             bad=float(bad), policy_loss=float(pg_loss) if not bad else 0.0, kl=float(kl), entropy=float(ent_sum),
             clip_tokens=float(st.clip_frac_low + st.clip_frac_high) * n_tok,
             approx_kl_tokens=float(st.approx_kl) * n_tok, is_clip_tokens=float(is_clip) * n_tok)
+
+    # ------------------------------------------------------------------ supervised (rlsys sft)
+
+    def sft_step(self, batch: TrainBatch) -> SFTMetrics:
+        """One supervised update on this rank's shard of demonstrations (rlsys/sft.py): the
+        token-mean NLL of the response tokens over the whole batch across ranks (prompt and
+        padding masked), through the same `optimize` loop as `train_step` (ppo_epochs x
+        mini_batches optimizer steps; `rlsys sft` sets both to 1)."""
+        t0 = time.perf_counter()
+        self.engine.train()
+        lr = self.set_lr_for_step()
+        update = self.optimize(batch.samples, self._sft_micro_step)
+        if update.skipped and self.rank == 0:
+            log.warning("sft step %d: %d optimizer step(s) skipped for a non-finite loss/gradient",
+                        self.train_steps, update.skipped)
+        tokens, _ = self.global_counts(batch.samples)
+        return SFTMetrics(loss=update.mean("nll", per_token=True), grad_norm=float(update.grad_norm), lr=lr,
+                          tokens=tokens, samples=float(self.all_reduce(torch.tensor([float(len(batch.samples))]))[0]),
+                          skipped=float(update.skipped), time_s=time.perf_counter() - t0,
+                          peak_mem_mb=self.peak_mem_mb())
+
+    def _sft_micro_step(self, mb: list[TrainSample], real: bool, counts) -> SFTMicroSums:
+        lp, _, mask = self._forward(mb, with_entropy=False)
+        if not real:  # a padding micro-batch keeps ranks in step but contributes 0
+            mask = torch.zeros_like(mask)
+        loss = sft_nll_loss(lp, mask, counts[0])
+        nll = float(torch.where(mask, -lp.detach(), 0.0).sum())
+        bad = not bool(torch.isfinite(loss))
+        if bad:  # a non-finite gradient too, so every rank drops the step (see _micro_step)
+            loss = loss + lp.sum() * float("nan")
+        self.backward(loss)
+        return SFTMicroSums(bad=float(bad), nll=0.0 if bad else nll)
 
     def _mismatch(self, prox: list[torch.Tensor], samples: list[TrainSample]) -> dict:
         """Train/inference log-prob mismatch over all ranks' tokens (see LearnerMetrics)."""

@@ -54,6 +54,8 @@ class Prompt:
     images:   the prompt's images (0..k), in placeholder order.
     answer:   the reference answer a verifier checks against; None when the reward needs none.
     metadata: free-form per-row data passed to reward functions (task type, difficulty, ...).
+    response: the demonstrated response of an SFT row (`rlsys sft`, load_prompts with
+              demonstrations=True); None for RL prompts.
     """
 
     uid: str
@@ -61,6 +63,7 @@ class Prompt:
     images: list[MediaItem] = field(default_factory=list)
     answer: Optional[str] = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    response: Optional[str] = None
 
 
 @dataclass
@@ -127,6 +130,50 @@ class RewardResult:
     failures: int = 0
     component_failures: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, RewardResult.Failure] = field(default_factory=dict)
+
+
+@dataclass
+class RewardInput:
+    """Everything a context reward function sees about one sample (rlsys/rewards/forms.py).
+
+    prompt:   the prompt's chat messages (as `Prompt.messages`); image parts {"type": "image"}
+              refer, in order, to `images`.
+    response: this sample's response text.
+    group:    the G response texts of the prompt, in sample order (`group[index] == response`).
+    index:    this sample's position in `group`.
+    answer:   the prompt's reference answer, None when it has none.
+    metadata: the prompt's metadata dict (shared by the group: treat it as read-only).
+    uid:      the prompt's uid ("<source>:<row>"), for logs.
+    media:    the prompt's images as byte-holding MediaItems; `images` decodes them.
+    decoder:  how `images` decodes `media` (a picklable function, so it runs where the reward
+              runs); None: `MediaItem.to_pil` per image.
+
+    `images` (a property): the decoded RGB PIL images, decoded on first access, so a reward that
+    never looks at them costs no decoding. Each RewardInput gets its own image objects: a reward
+    may draw on them without changing what the other samples see.
+    """
+
+    prompt: list[dict[str, Any]]
+    response: str
+    group: list[str]
+    index: int
+    answer: Optional[str] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    uid: str = ""
+    media: list[MediaItem] = field(default_factory=list, repr=False)
+    decoder: Any = field(default=None, repr=False, compare=False)
+    _images: Optional[list] = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def images(self) -> list:
+        if self._images is None:
+            self._images = (list(self.decoder(self.media)) if self.decoder is not None
+                            else [m.to_pil() for m in self.media])
+        return self._images
+
+    def __getstate__(self) -> dict:
+        # Decoded pixels never travel (PNG bytes are ~10x smaller): the receiver decodes.
+        return {**self.__dict__, "_images": None}
 
 
 @dataclass

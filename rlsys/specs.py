@@ -123,7 +123,8 @@ class RewardSpec:
     """The reward actor: weighted components (rlsys/rewards/scorer.py) and an optional scalar
     reward model added with `reward_model_weight`."""
 
-    components: tuple[tuple[str, float], ...]
+    components: tuple[tuple, ...]  # (spec, weight[, options]) as RewardScorer takes them
+    eval_components: tuple[tuple, ...] = ()  # () scores evaluation with `components`
     timeout_s: float = 5.0
     num_workers: int = 2
     reward_model: Optional[str] = None
@@ -174,9 +175,18 @@ def engine_spec(cfg: RunConfig, model_path: str) -> EngineSpec:
         trust_remote_code=cfg.model.trust_remote_code)
 
 
+def reward_components(components) -> tuple[tuple, ...]:
+    """Config reward components (rlsys/config/schema.py RewardComponent) as scorer components:
+    (name, weight), or (name, weight, (("name", alias),)) when an alias names the column (options
+    as pairs, not a dict, so the frozen spec stays hashable)."""
+    return tuple((c.name, c.weight, (("name", c.alias),)) if c.alias else (c.name, c.weight)
+                 for c in components)
+
+
 def reward_spec(cfg: RunConfig) -> RewardSpec:
     r = cfg.reward
-    return RewardSpec(components=tuple((c.name, c.weight) for c in r.components), timeout_s=r.timeout_s,
+    return RewardSpec(components=reward_components(r.components),
+                      eval_components=reward_components(cfg.eval.rewards or ()), timeout_s=r.timeout_s,
                       num_workers=r.num_workers, reward_model=r.reward_model,
                       reward_model_weight=r.reward_model_weight, dtype=cfg.model.dtype)
 
@@ -187,7 +197,8 @@ def train_sampling(cfg: RunConfig) -> SamplingSpec:
 
 
 def eval_sampling(cfg: RunConfig) -> SamplingSpec:
-    return SamplingSpec(1, 0.0, 1.0, cfg.eval.max_new_tokens)
+    e = cfg.eval
+    return SamplingSpec(e.n, e.temperature, 1.0, e.max_new_tokens, seed=cfg.seed if e.temperature > 0 else None)
 
 
 def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
@@ -217,6 +228,21 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
                      eval_sampling=eval_sampling(cfg))
 
 
+def sft_learner_spec(cfg: RunConfig, model_path: str, total_steps: int) -> LearnerSpec:
+    """The policy learner of `rlsys sft` (cfg.sft): the learner section's ranks, ZeRO stage,
+    micro-batches and clipping, the sft learning rate; one optimizer step per `sft_step`
+    (ppo_epochs = mini_batches = 1), token-mean loss, log-probs at temperature 1."""
+    import dataclasses
+
+    s = cfg.sft
+    trainer = dataclasses.replace(
+        _trainer(cfg, model_path, zero_stage=cfg.learner.zero_stage, lr=s.lr,
+                 micro_batch_size=cfg.learner.micro_batch_size),
+        lr_schedule="constant", warmup_steps=s.warmup_steps, total_steps=total_steps, ppo_epochs=1,
+        mini_batches=1, loss_agg="token_mean", norm_length=None)
+    return LearnerSpec(trainer=trainer, temperature=1.0)
+
+
 def prompt_seed(call_seed: int, uid: str) -> int:
     """The sampling seed of one prompt in a seeded call (vLLM gives sample j of it seed + j).
     A hash, not Python's salted hash(), so every process derives the same value."""
@@ -224,6 +250,15 @@ def prompt_seed(call_seed: int, uid: str) -> int:
 
     digest = hashlib.sha256(f"{call_seed}:{uid}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x3FFFFFFF
+
+
+def generate_kwargs(prompts, sampling: SamplingSpec) -> dict:
+    """VLLMEngine.generate keywords of one call; seeded calls get one seed per prompt, derived
+    from the call's seed and the prompt's uid, so a prompt samples the same responses on any
+    engine, in any batch, after any restart."""
+    seeds = None if sampling.seed is None else [prompt_seed(sampling.seed, p.uid) for p in prompts]
+    return {"n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens, "seed": seeds}
 
 
 def call_seed(run_seed: int, step: int, round_: int) -> int:

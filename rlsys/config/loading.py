@@ -163,14 +163,29 @@ def to_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
 
 
+def _list_item_type(tp):
+    """X for a field typed list[X] or Optional[list[X]] with X a dataclass, else None."""
+    tp, _ = _strip_optional(tp)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
 def documented_yaml(cls=RunConfig, indent: int = 0) -> str:
     """The full tree as YAML, each field's help as a comment above it (configs/reference.yaml)."""
     lines = []
     pad = "  " * indent
     default = cls()
+    hints = typing.get_type_hints(cls)
     for fld in dataclasses.fields(cls):
         value = getattr(default, fld.name)
         lines.append(f"{pad}# {fld.metadata['help']}")
+        item = _list_item_type(hints[fld.name])
+        if item is not None:  # a list of sections: document the fields each item takes
+            lines.append(f"{pad}# Each item:")
+            lines.extend(f"{pad}#   {sub.name}: {sub.metadata['help']}" for sub in dataclasses.fields(item))
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{fld.name}:")
             lines.append(documented_yaml(type(value), indent + 1))

@@ -108,8 +108,15 @@ class RolloutConfig:
 
 @dataclass
 class RewardComponent:
-    name: str = f("accuracy", "A registered reward, 'file.py:function' or 'module:function'.")
+    name: str = f("accuracy", "The reward: a registered name (accuracy, r1_format), 'path/file.py:function', "
+                  "'package.module:function' or an http(s) URL (a remote scorer; the 'remote' factory behind it "
+                  "takes options, from Python: RewardScorer([('remote', 1.0, {'url': ...})])). "
+                  "A function takes fn(response, answer, metadata) -> float, fn(sample) -> float, "
+                  "fn(samples) -> list[float], fn(group) -> list[float] or TRL's fn(completions, **kwargs) "
+                  "-> list[float] (rlsys/rewards/forms.py); its signature is checked before anything starts.")
     weight: float = f(1.0, "Weight in the combined reward.")
+    alias: Optional[str] = f(None, "Name of the component's metric column (reward/<alias>) and score key; "
+                             "null: `name`. Needed to use one reward twice.")
 
 
 @dataclass
@@ -232,7 +239,10 @@ class ResourcesConfig:
     address: Optional[str] = f(None, "Ray cluster to join ('auto' inside `ray job submit`); null starts a local one.")
     num_cpus: Optional[int] = f(None, "CPUs of the local Ray started when `address` is null (null = all).", ge=1)
     colocate: bool = f(True, "Pack all roles in one placement group (PACK) vs spread across nodes (SPREAD).")
-    cpus_per_engine: float = f(1.0, "CPUs reserved per rollout engine.", gt=0.0)
+    cpus_per_engine: float = f(0.5, "CPUs reserved per rollout engine. The defaults (engine 0.5, learner 1, "
+                               "reward 0.5) add up to 2 CPUs: what `ray start --head` offers on a 2-core "
+                               "machine (Ray gives a fractional CPU one OpenMP thread, as it gives 1 CPU).",
+                               gt=0.0)
     gpus_per_engine: float = f(0.0, "GPUs per engine (tensor_parallel_size on GPU clusters).", ge=0.0)
     cpus_per_learner: float = f(1.0, "CPUs per learner/critic rank.", gt=0.0)
     gpus_per_learner: float = f(0.0, "GPUs per learner/critic rank.", ge=0.0)
@@ -275,7 +285,36 @@ class EvalConfig:
     before_and_after: bool = f(True, "Evaluate held-out accuracy before and after training.")
     every: int = f(0, "Also evaluate every N steps (0 = never).", ge=0)
     max_prompts: int = f(128, "Held-out prompts per evaluation.", ge=1)
-    max_new_tokens: int = f(48, "Response budget at evaluation (greedy).", ge=1)
+    max_new_tokens: int = f(48, "Response budget at evaluation.", ge=1)
+    n: int = f(1, "Responses per held-out prompt; pass@n is reported when n > 1.", ge=1)
+    temperature: float = f(0.0, "Sampling temperature at evaluation (0: greedy; n > 1 needs > 0).", ge=0.0)
+    rewards: Optional[list[RewardComponent]] = f(
+        None, "Rewards that score evaluation (null: reward.components). The first is the verifier: "
+              "accuracy and pass@k come from it.")
+    pass_threshold: float = f(1.0, "A response passes (for pass@k) when the verifier scores at least this.")
+    samples_logged: int = f(8, "Held-out prompts whose responses go into the samples table.", ge=0)
+
+
+@dataclass
+class SFTConfig:
+    """`rlsys sft`: supervised fine-tuning on demonstrations before RL (R1's cold start). It runs
+    the policy learner group of `learner` (num_ranks, zero_stage, micro_batch_size, grad_clip,
+    weight_decay, gradient_checkpointing, backend) on `model.path`, loads the demonstrations
+    through the training data pipeline (data.on_bad_row, data.system_prompt, model.max_prompt_tokens,
+    pixel budget) and writes a HF checkpoint that `rlsys train model.path=<dir>` and
+    `rlsys eval --model <dir>` take."""
+
+    data: Optional[str] = f(None, "Demonstrations (required by `rlsys sft`): a .jsonl/.json/.parquet file or HF "
+                            "datasets dir in the prompt schema, each row with its target: a `response` column, "
+                            "or `messages` ending with the assistant turn to learn (rlsys/data/datasets.py).")
+    epochs: int = f(1, "Passes over the demonstrations (reshuffled each pass when data.shuffle).", ge=1)
+    max_steps: Optional[int] = f(None, "Stop after this many optimizer steps even if epochs remain; null: all epochs.", ge=1)
+    batch_size: int = f(16, "Demonstrations per optimizer step, over all learner ranks (each rank runs its "
+                        "share in micro-batches of learner.micro_batch_size).", ge=1)
+    lr: float = f(1e-5, "Learning rate (constant after warm-up).", gt=0.0)
+    warmup_steps: int = f(0, "Linear learning-rate warm-up steps.", ge=0)
+    output: Optional[str] = f(None, "Directory of the fine-tuned HF checkpoint; null: <run dir>/model, the run "
+                              "dir being <output_dir>/<name>-sft-<timestamp>.")
 
 
 @dataclass
@@ -298,6 +337,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = f(CheckpointConfig(), "Saving and resuming.")
     fault: FaultConfig = f(FaultConfig(), "Surviving dead actors.")
     eval: EvalConfig = f(EvalConfig(), "Held-out evaluation.")
+    sft: SFTConfig = f(SFTConfig(), "Cold-start supervised fine-tuning (`rlsys sft`).")
 
     @property
     def advantage_estimator(self) -> str:

@@ -73,10 +73,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"resources.gpus_per_engine = {cfg.resources.gpus_per_engine}: must equal "
                           f"rollout.tensor_parallel_size ({cfg.rollout.tensor_parallel_size}) on GPUs")
     _check_gpu_plan(cfg)
-    for i, comp in enumerate(cfg.reward.components):
-        problem = _reward_spec_problem(comp.name)
-        if problem:
-            raise ConfigError(f"reward.components[{i}].name = {comp.name!r}: {problem}")
+    for where, comps in (("reward.components", cfg.reward.components), ("eval.rewards", cfg.eval.rewards or [])):
+        for i, comp in enumerate(comps):
+            problem = _reward_spec_problem(comp.name)
+            if problem:
+                raise ConfigError(f"{where}[{i}].name = {comp.name!r}: {problem}")
+        _check_reward_columns(where, comps)
+    if cfg.eval.rewards == []:
+        raise ConfigError("eval.rewards = []: name at least one reward, or null to use reward.components")
+    if cfg.eval.n > 1 and cfg.eval.temperature == 0:
+        raise ConfigError(f"eval.n = {cfg.eval.n} with eval.temperature = 0: greedy responses are identical; "
+                          "set eval.temperature > 0 or eval.n = 1")
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -171,6 +178,30 @@ def _check_gpu_plan(cfg: RunConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- rewards
+
+# Metric columns the driver writes itself (reward/mean, reward/failures) or the reward actor
+# adds (reward_model): an alias taking one would overwrite it.
+_RESERVED_REWARD_COLUMNS = ("mean", "failures", "reward_model")
+
+
+def _check_reward_columns(where: str, comps) -> None:
+    """Each component names one column: its alias, else its spec; unique, so no two share one."""
+    seen: dict[str, int] = {}
+    for i, comp in enumerate(comps):
+        if comp.alias is not None:
+            if not comp.alias.strip() or comp.alias != comp.alias.strip() or "/" in comp.alias:
+                raise ConfigError(f"{where}[{i}].alias = {comp.alias!r}: must be a non-empty name without "
+                                  "surrounding spaces or '/'")
+            if comp.alias in _RESERVED_REWARD_COLUMNS:
+                raise ConfigError(f"{where}[{i}].alias = {comp.alias!r}: reward/{comp.alias} is a column of its "
+                                  f"own; reserved: {', '.join(_RESERVED_REWARD_COLUMNS)}")
+        column = comp.alias or comp.name
+        if column in seen:
+            field = "alias" if comp.alias else "name"
+            raise ConfigError(f"{where}[{i}].{field} = {column!r}: {where}[{seen[column]}] already names this "
+                              "column; set a distinct alias")
+        seen[column] = i
+
 
 def _reward_spec_problem(spec: str) -> str | None:
     """Checks what can be checked without importing user code; loading happens in the reward actor."""

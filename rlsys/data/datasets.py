@@ -19,13 +19,20 @@ blank lines counted)
   Any other column is copied into metadata under its own name (unless metadata has that key),
   so reward functions can read e.g. a `solution` column.
 
+Demonstrations (supervised fine-tuning, `rlsys sft`: load_prompts(..., demonstrations=True)):
+each row also carries its target response, Prompt.response, taken from
+  response  str: the demonstrated assistant reply to the prompt above.   - or -
+  messages  ending with an assistant turn: that turn is the target (text only) and the turns
+            before it are the prompt.
+A row with neither (or both) is a bad row (field `response`); an empty response too.
+
 Formats, chosen by path: *.jsonl (one JSON object per line), *.json (a JSON array of rows,
 else JSONL), *.parquet, or a directory written by `datasets.Dataset.save_to_disk` (a
 DatasetDict needs `split`, unless it holds one split).
 
 Validation: a row with invalid JSON, a missing image file, corrupt image bytes, invalid
-base64, an empty prompt, a prompt over `max_prompt_tokens`, a duplicate id, or a column of the
-wrong type raises DataError("<file>: line <n>: <field>: <reason>") (JSONL: the 1-based line;
+base64, an empty prompt, a prompt over `max_prompt_tokens`, a duplicate id, a column of the
+wrong type, or (demonstrations) a missing or empty response raises DataError("<file>: line <n>: <field>: <reason>") (JSONL: the 1-based line;
 Parquet, JSON arrays and HF datasets: "row <i>", 0-based), or with on_bad_row="skip" is logged
 (logging.warning, same message), counted and returned in LoadResult.skipped.
 """
@@ -105,6 +112,7 @@ class _Ctx:
     factor: int
     max_prompt_tokens: Optional[int] = None
     count_tokens: Optional[Callable[[Prompt], int]] = None
+    demonstrations: bool = False
 
 
 # ---- one row -> Prompt -------------------------------------------------------------------------
@@ -203,6 +211,36 @@ def _place_images(messages: list[dict], n_images: int, name: str) -> list[dict]:
     return messages
 
 
+def _demonstration(raw: dict, name: str, messages: list[dict]) -> tuple[list[dict], str]:
+    """(prompt messages, target response) of a demonstration row: the `response` column, or
+    the final assistant turn of `messages` (then dropped from the prompt)."""
+    column = raw.get("response")
+    if isinstance(column, float) and math.isnan(column):
+        column = None  # pandas/Arrow spell a missing value as null or NaN
+    trailing = bool(messages) and messages[-1]["role"] == "assistant"
+    if column is not None:
+        if trailing:
+            raise DataError(f"both a 'response' column and a final assistant turn in '{name}'; use one",
+                            field="response")
+        return messages, _nonempty(_expect(column, str, "response", "a string"), "response")
+    if not trailing:
+        raise DataError(f"no target response: a demonstration row needs a 'response' column or '{name}' "
+                        "ending with an assistant turn", field="response")
+    where = f"{name}[{len(messages) - 1}].content"
+    content = messages[-1]["content"]
+    if not isinstance(content, str):
+        if any(part["type"] == "image" for part in content):
+            raise DataError("an image in the demonstrated assistant turn (the target must be text)", field=where)
+        content = "".join(part["text"] for part in content)
+    return messages[:-1], _nonempty(content, where)
+
+
+def _nonempty(text: str, field_name: str) -> str:
+    if not text.strip():
+        raise DataError("empty response", field=field_name)
+    return text
+
+
 def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
     if not isinstance(raw, dict):
         raise DataError(f"expected a JSON object / record, got {type(raw).__name__}")
@@ -212,6 +250,9 @@ def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
     answer, metadata = _answer(raw.get("answer")), _metadata(raw.get("metadata"))
     sources = _image_sources(raw)
     name, messages = _user_messages(raw, len(sources))
+    response = None
+    if ctx.demonstrations:
+        messages, response = _demonstration(raw, name, messages)
     if not prompt_text(messages, include_system=False).strip():
         raise DataError("empty prompt (no text outside the system turn)", field=name)
     messages = with_system_prompt(_place_images(messages, len(sources), name), ctx.system_prompt)
@@ -223,9 +264,11 @@ def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
         except DataError as e:
             raise e.located(field=where) from e
     for key, value in raw.items():  # extra columns reach reward functions via metadata
-        if key not in SCHEMA_COLUMNS and not isinstance(value, (bytes, bytearray)):
+        if key not in SCHEMA_COLUMNS and not isinstance(value, (bytes, bytearray)) and \
+                not (ctx.demonstrations and key == "response"):
             metadata.setdefault(key, value)
-    prompt = Prompt(uid=uid, messages=messages, images=images, answer=answer, metadata=metadata)
+    prompt = Prompt(uid=uid, messages=messages, images=images, answer=answer, metadata=metadata,
+                    response=response)
     if ctx.max_prompt_tokens is not None:
         n = int((ctx.count_tokens or approx_prompt_tokens)(prompt))
         if n > ctx.max_prompt_tokens:
@@ -255,6 +298,7 @@ def load_prompts(
     system_prompt: Optional[str] = None,
     split: Optional[str] = None,
     cache: Optional[MediaCache] = None,
+    demonstrations: bool = False,
 ) -> LoadResult:
     """Load and validate a prompt dataset (schema: module docstring).
 
@@ -265,6 +309,8 @@ def load_prompts(
     system_prompt: added as the system turn of rows that have none (None: add nothing; pass
                    templates.R1_SYSTEM_PROMPT for R1-style training).
     cache:         share one MediaCache across loads (e.g. train and test) to dedupe across them.
+    demonstrations: SFT rows: each Prompt gets its target in `response` (schema: module
+                   docstring); a row without one is a bad row.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -274,7 +320,8 @@ def load_prompts(
                cache=cache if cache is not None else MediaCache(), system_prompt=system_prompt,
                min_pixels=min_pixels, max_pixels=max_pixels, factor=factor,
                max_prompt_tokens=max_prompt_tokens,
-               count_tokens=count_tokens or (lambda pr: approx_prompt_tokens(pr, factor)))
+               count_tokens=count_tokens or (lambda pr: approx_prompt_tokens(pr, factor)),
+               demonstrations=demonstrations)
     result = LoadResult(prompts=[], skipped=[], source=src, media=ctx.cache)
     lines = is_jsonl(p)
     first_row_of: dict[str, int] = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rlsys.distributed.pending import Pending, wait
 from rlsys.distributed.streaming import EngineStream
-from rlsys.protocol import Prompt, RolloutGroup, TrainBatch, TrainSample
+from rlsys.protocol import Prompt, RewardResult, RolloutGroup, TrainBatch, TrainSample
 from rlsys.specs import SamplingSpec
 
 
@@ -105,6 +105,9 @@ class RewardClient:
     def score_async(self, groups: list[RolloutGroup]) -> Pending:
         return Pending([self.actor.score.remote(groups)], lambda parts: parts[0])
 
+    def score_eval(self, groups: list[RolloutGroup]) -> list[RewardResult]:
+        return wait(Pending([self.actor.score_eval.remote(groups)], lambda parts: parts[0]))[0]
+
 
 class ReferenceClient:
     def __init__(self, actor):
@@ -133,6 +136,13 @@ class LearnerGroup:
     def train_async(self, batch: TrainBatch) -> Pending:
         shards = _shard(batch.samples, len(self.actors))
         refs = [a.train_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
+        return Pending(refs, lambda parts: parts[0])
+
+    def sft_async(self, batch: TrainBatch) -> Pending:
+        """One supervised step on demonstrations (`rlsys sft`), sharded as train_async shards;
+        -> Pending of the SFTMetrics (the same on every rank)."""
+        shards = _shard(batch.samples, len(self.actors))
+        refs = [a.sft_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
         return Pending(refs, lambda parts: parts[0])
 
     def call_all(self, make_call) -> list:

@@ -15,7 +15,7 @@ from rlsys.distributed.media_store import MediaStore
 from rlsys.distributed.pending import Pending, join, wait
 from rlsys.distributed.recovery import LearnerDied, Recovery, actor_id, dead_actor_id, is_actor_death
 from rlsys.distributed.streaming import EngineStream, InFlightBatch, StreamPump
-from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
+from rlsys.protocol import Prompt, RewardResult, RolloutGroup, ScoredGroup
 from rlsys.specs import SamplingSpec
 
 
@@ -108,6 +108,18 @@ class Roles:
                     raise
                 for i in self.dead_engines():
                     self.restart_engine(i)
+
+    def evaluate(self, prompts: list[Prompt], sampling: SamplingSpec) -> tuple[list[RolloutGroup], list[RewardResult]]:
+        """Held-out groups and their evaluation scores; a dead reward actor is restarted and
+        the scoring repeated (evaluation rewards are pure, so a repeat scores the same)."""
+        groups = self.generate(prompts, sampling)
+        while True:
+            try:
+                return groups, self.reward.score_eval(groups)
+            except Exception as err:
+                if self.recovery is None or not is_actor_death(err):
+                    raise
+                self.scorer_died(err)
 
     def resume_batch(self, replayed: list[ScoredGroup], generated: list[ScoredGroup]) -> InFlightBatch:
         """A batch a checkpoint carried in flight, already generated and scored."""

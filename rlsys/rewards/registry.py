@@ -1,8 +1,9 @@
 """Reward registry: names -> functions, and resolution of reward specs.
 
-Every reward function has one signature::
-
-    fn(response: str, answer: str | None, metadata: dict) -> float
+A reward function takes the texts, ``fn(response, answer, metadata) -> float`` (every
+built-in), or the whole context: ``fn(sample)``, ``fn(samples)``, ``fn(group)`` or TRL's
+``fn(completions, **kwargs)`` (forms.py reads which from the signature; the scorer calls it so).
+The registry stores functions as they are, whatever their form.
 
 A *spec* names a reward in configs. It is one of:
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Dict
 from rlsys.rewards.errors import RewardSpecError
 from rlsys.rewards.user import load_function
 
-RewardFn = Callable[[str, "str | None", dict], float]
+RewardFn = Callable[..., Any]  # any form of forms.py
 
 #: Names registered by rlsys itself (kept in sync with r1.py by a unit test).
 BUILTIN_REWARD_NAMES = ("r1_format", "accuracy")
@@ -105,7 +106,8 @@ def check_spec_syntax(spec: object) -> None:
 
 
 def get_reward(spec: str, **options: Any) -> RewardFn:
-    """Resolve a spec to a callable `fn(response, answer, metadata) -> float`.
+    """Resolve a spec to its function (any form; `forms.reward_form` tells which) or reward
+    object (with `score_batch`).
 
     options: passed to factories and to `RemoteReward` for URL specs (token, timeout_s, ...).
     Raises RewardSpecError naming the spec (and listing registered names when unknown).

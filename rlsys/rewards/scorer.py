@@ -15,6 +15,14 @@ Three ways a component runs:
             component; they bound their own calls. failed[i] is falsy for a good item, else
             True or a string saying why.
 
+Inline and isolated functions are called in their form (forms.py, read once at construction):
+per sample (legacy, `sample`: one call, hence one worker task, per sample), per prompt (`group`:
+one call per group) or per batch (`samples`, TRL: one call for all samples of the
+`score_groups`). A call that fails fails each sample it covers; an entry a list form returns as
+None or non-numeric fails that sample alone. Context forms get RewardInputs built here; images
+that are object-store references are fetched here (the reward actor's process) and decoded
+where the reward runs, on first use.
+
 Combined reward per sample: rewards[i] = sum_k weight_k * score_k[i]; `components` holds each
 score_k before weighting, keyed by component name (the spec unless options give "name").
 Each RewardResult also counts the failed calls per component and keeps the first one's error
@@ -25,11 +33,12 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 from rlsys.protocol import RewardResult, RolloutGroup
 from rlsys.rewards.equivalence import to_text
+from rlsys.rewards.forms import GROUP, LEGACY, LEGACY_FORM, SAMPLE, Form, build_inputs, call_reward, reward_form
 from rlsys.rewards.registry import REWARD_FACTORIES, REWARDS, get_reward, is_trusted, is_url
 from rlsys.rewards.user import IsolatedPool, canonical_spec, reward_value
 
@@ -45,6 +54,7 @@ class _Component:
     fn: Any  # callable (inline), reward object (batch)
     target: Optional[tuple] = None  # worker target (isolated)
     failures: int = 0
+    form: Form = LEGACY_FORM  # how it is called (forms.py); batch components: unused
 
 
 def _picklable(obj: Any) -> bool:
@@ -108,21 +118,32 @@ class RewardScorer:
             raise ValueError(f"reward spec must be a string or callable, got {spec!r}")
         if hasattr(fn, "score_batch"):
             return _Component(name, weight, "batch", fn)
+        # Read once, here: a signature no form accepts is a RewardSpecError before any call.
+        form = reward_form(fn, spec if isinstance(spec, str) else name)
         if isinstance(spec, str) and spec in REWARDS:
             if is_trusted(spec) and not self.isolate_builtins:
-                return _Component(name, weight, "inline", fn)
-            return self._isolated(name, weight, fn, ("obj", fn))
+                return _Component(name, weight, "inline", fn, form=form)
+            return self._isolated(name, weight, fn, ("obj", fn), form)
         if isinstance(spec, str):  # file or module spec: the worker re-loads it by spec
-            return _Component(name, weight, "isolated", fn, ("spec", canonical_spec(spec)))
-        return self._isolated(name, weight, fn, ("obj", fn))
+            return _Component(name, weight, "isolated", fn, ("spec", canonical_spec(spec)), form=form)
+        return self._isolated(name, weight, fn, ("obj", fn), form)
 
     @staticmethod
-    def _isolated(name: str, weight: float, fn: Callable, target: tuple) -> _Component:
+    def _isolated(name: str, weight: float, fn: Callable, target: tuple, form: Form) -> _Component:
         if _picklable(fn):
-            return _Component(name, weight, "isolated", fn, target)
+            return _Component(name, weight, "isolated", fn, target, form=form)
         # Lambdas/closures cannot reach a worker; run them inline (still exception-safe).
         logger.warning("reward %s is not picklable; running it inline without a timeout", name)
-        return _Component(name, weight, "inline", fn)
+        return _Component(name, weight, "inline", fn, form=form)
+
+    @property
+    def needs_context(self) -> bool:
+        """Some component takes RewardInputs (prompt, images, group), not just the texts."""
+        return any(c.mode != "batch" and c.form.kind != LEGACY for c in self._components)
+
+    def forms(self) -> dict[str, str]:
+        """Component name -> how it is called: a forms.py kind, or "score_batch"."""
+        return {c.name: "score_batch" if c.mode == "batch" else c.form.kind for c in self._components}
 
     @property
     def worker_restarts(self) -> int:
@@ -144,6 +165,11 @@ class RewardScorer:
     def score_groups(self, groups: Sequence[RolloutGroup]) -> list[RewardResult]:
         """Score many groups as one batch: isolated calls run concurrently under one
         `timeout_s` deadline, remote components get one batched call each."""
+        groups = list(groups)
+        inputs = None
+        if self.needs_context:
+            groups = self._with_image_bytes(groups)
+            inputs = build_inputs(groups)
         responses, answers, metadatas, sizes = [], [], [], []
         for group in groups:
             answer = None if group.prompt.answer is None else to_text(group.prompt.answer)
@@ -153,12 +179,24 @@ class RewardScorer:
                 answers.append(answer)
                 metadatas.append(metadata)
             sizes.append(len(group.rollouts))
-        components, errors = self._score_flat(responses, answers, metadatas)
+        components, errors = self._score_flat(responses, answers, metadatas, inputs)
         results, start = [], 0
         for group, n in zip(groups, sizes):
             results.append(self._group_result(group.prompt.uid, start, n, components, errors))
             start += n
         return results
+
+    @staticmethod
+    def _with_image_bytes(groups: list[RolloutGroup]) -> list[RolloutGroup]:
+        """Groups whose images are object-store references get byte-holding copies, fetched here
+        (in the reward actor: the worker processes have no Ray connection); decoding happens
+        where the reward runs, on first use (RewardInput.images)."""
+        if not any(m.png is None for g in groups for m in g.prompt.images):
+            return groups
+        from rlsys.distributed.media_store import resolve_prompts
+
+        prompts = resolve_prompts([g.prompt for g in groups])
+        return [g if p is g.prompt else replace(g, prompt=p) for g, p in zip(groups, prompts)]
 
     def _group_result(self, uid: str, start: int, n: int, components: dict, errors: dict) -> RewardResult:
         """The samples start .. start+n-1 of a batch as one group's result."""
@@ -174,22 +212,47 @@ class RewardScorer:
             components=scores, failures=sum(counts.values()), component_failures=counts,
             first_failure=first)
 
-    def _score_flat(self, responses, answers, metadatas) -> tuple[dict, dict]:
-        """Score aligned samples: (component name -> [scores], component name -> {sample: error})."""
+    def _score_flat(self, responses, answers, metadatas, inputs) -> tuple[dict, dict]:
+        """Score aligned samples: (component name -> [scores], component name -> {sample: error}).
+        inputs: the RewardInputs per group (None when no component takes them)."""
         n = len(responses)
         errors: dict[str, dict[int, str]] = {c.name: {} for c in self._components}
         scores: dict[str, list[float]] = {}
+        calls = {c.name: self._calls(c, responses, answers, metadatas, inputs)
+                 for c in self._components if c.mode != "batch"}
         isolated = [c for c in self._components if c.mode == "isolated"]
         if isolated and n:
-            scores.update(self._run_isolated(isolated, responses, answers, metadatas, errors))
+            scores.update(self._run_isolated(isolated, calls, n, errors))
         for comp in self._components:
             if comp.mode == "inline":
-                scores[comp.name] = [self._run_inline(comp, r, a, m, i, errors)
-                                     for i, (r, a, m) in enumerate(zip(responses, answers, metadatas))]
+                scores[comp.name] = self._run_inline(comp, calls[comp.name], n, errors)
             elif comp.mode == "batch":
                 scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, errors)
         self.calls += n * len(self._components)
         return {c.name: scores[c.name] for c in self._components}, errors
+
+    @staticmethod
+    def _calls(comp: _Component, responses, answers, metadatas, inputs) -> list[tuple[Any, range]]:
+        """The calls `comp` makes on a batch: (payload, the batch indices of its samples)."""
+        kind = comp.form.kind
+        if kind == LEGACY:
+            return [((r, a, m), range(i, i + 1)) for i, (r, a, m) in enumerate(zip(responses, answers, metadatas))]
+        flat = [x for group in inputs for x in group]
+        if kind == SAMPLE:
+            return [(x, range(i, i + 1)) for i, x in enumerate(flat)]
+        if kind == GROUP:
+            out, start = [], 0
+            for group in inputs:
+                if group:  # a group without samples has nothing to score
+                    out.append((group, range(start, start + len(group))))
+                start += len(group)
+            return out
+        return [(flat, range(len(flat)))] if flat else []  # SAMPLES, TRL: the batch in one call
+
+    def _apply(self, comp: _Component, out: list[float], span: range, entries: list, errors: dict) -> None:
+        """Write one successful call's entries (floats, or strs saying why a sample failed)."""
+        for i, entry in zip(span, entries):
+            out[i] = self._fail(comp, i, errors, entry) if isinstance(entry, str) else entry
 
     def _fail(self, comp: _Component, index: int, errors: dict, why: str, timeout: bool = False,
               log: bool = True) -> float:
@@ -202,11 +265,17 @@ class RewardScorer:
             logger.warning("reward %s failed (%d so far), scoring 0: %s", comp.name, comp.failures, why)
         return 0.0
 
-    def _run_inline(self, comp, response, answer, metadata, index, errors) -> float:
-        try:
-            return reward_value(comp.fn(response, answer, metadata))
-        except Exception as exc:
-            return self._fail(comp, index, errors, f"{type(exc).__name__}: {exc}")
+    def _run_inline(self, comp, calls, n, errors) -> list[float]:
+        out = [0.0] * n
+        for payload, span in calls:
+            try:
+                entries = call_reward(comp.fn, comp.form, payload, reward_value)
+            except Exception as exc:
+                for i in span:
+                    self._fail(comp, i, errors, f"{type(exc).__name__}: {exc}")
+                continue
+            self._apply(comp, out, span, entries, errors)
+        return out
 
     def _run_batch(self, comp, responses, answers, metadatas, errors) -> list[float]:
         try:
@@ -225,17 +294,23 @@ class RewardScorer:
             out.append(value)
         return out
 
-    def _run_isolated(self, comps, responses, answers, metadatas, errors) -> dict[str, list[float]]:
+    def _run_isolated(self, comps, calls, n, errors) -> dict[str, list[float]]:
         if self._pool is None:
             preload = tuple(c.target for c in self._components if c.mode == "isolated")
             self._pool = IsolatedPool(self._max_workers, self._mp_context, preload=preload)
-        tasks = [(c.target, r, a, m) for c in comps for r, a, m in zip(responses, answers, metadatas)]
+        tasks, owners = [], []
+        for comp in comps:
+            for payload, span in calls[comp.name]:
+                tasks.append((comp.target, comp.form, payload))
+                owners.append((comp, span))
         outcomes = self._pool.run(tasks, self.timeout_s)
-        out, n = {}, len(responses)
-        for k, comp in enumerate(comps):
-            out[comp.name] = [outcome.value if outcome.ok else
-                              self._fail(comp, i, errors, outcome.error, outcome.timed_out)
-                              for i, outcome in enumerate(outcomes[k * n : (k + 1) * n])]
+        out = {comp.name: [0.0] * n for comp in comps}
+        for (comp, span), outcome in zip(owners, outcomes):
+            if outcome.ok:
+                self._apply(comp, out[comp.name], span, outcome.value, errors)
+            else:  # the call failed as a whole: each of its samples failed
+                for i in span:
+                    self._fail(comp, i, errors, outcome.error, outcome.timed_out)
         return out
 
     # ------------------------------------------------------------------ lifecycle

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 from rlsys import plugins
 from rlsys.plugins import spec_problem
 from rlsys.rewards.errors import RewardSpecError
+from rlsys.rewards.forms import call_reward
 
 logger = logging.getLogger("rlsys.rewards")
 
@@ -72,7 +73,9 @@ def reward_value(raw: Any) -> float:
 
 
 def _worker_main(conn, preload: tuple = ()) -> None:
-    """Worker loop: receive (task_id, target, response, answer, metadata), reply with a float.
+    """Worker loop: receive (task_id, target, form, payload), reply (task_id, True, entries) with
+    one entry per sample of the call (forms.call_reward: a float, or a str saying why that
+    sample failed) or (task_id, False, why) when the call itself failed.
 
     target is ("spec", canonical spec) — resolved here, cached — or ("obj", picklable callable).
     Targets in `preload` are imported before the worker reports ready (objects: when the
@@ -96,7 +99,7 @@ def _worker_main(conn, preload: tuple = ()) -> None:
             return
         if msg is None:
             return
-        task_id, target, response, answer, metadata = msg
+        task_id, target, form, payload = msg
         try:
             kind, ref = target
             if kind == "spec":
@@ -105,7 +108,7 @@ def _worker_main(conn, preload: tuple = ()) -> None:
                 fn = cache[ref]
             else:
                 fn = ref
-            reply = (task_id, True, reward_value(fn(response, answer, metadata)))
+            reply = (task_id, True, call_reward(fn, form, payload, reward_value))
         except BaseException as exc:  # SystemExit too: one bad call must not end the worker
             reply = (task_id, False, f"{type(exc).__name__}: {exc}"[:500])
         try:
@@ -119,9 +122,10 @@ def _worker_main(conn, preload: tuple = ()) -> None:
 
 @dataclass
 class CallOutcome:
-    """Result of one isolated call. ok=False means it failed; `error` says why."""
+    """Result of one isolated call. ok=False means it failed; `error` says why. `value`: the
+    call's entries, one per sample it covered (forms.call_reward)."""
 
-    value: float = 0.0
+    value: Any = None
     ok: bool = True
     error: str = ""
     timed_out: bool = False
@@ -212,9 +216,10 @@ class IsolatedPool:
 
     # ---------------------------------------------------------------- one batch
 
-    def run(self, tasks: list[tuple[Any, Any, Any, Any]], timeout_s: float) -> list[CallOutcome]:
-        """Run (target, response, answer, metadata) tasks within `timeout_s` in all; one outcome
-        per task, in order."""
+    def run(self, tasks: list[tuple[Any, Any, Any]], timeout_s: float) -> list[CallOutcome]:
+        """Run (target, form, payload) tasks (forms.call_reward's arguments; payload is one
+        sample's (response, answer, metadata), a RewardInput, or a batch or group of them)
+        within `timeout_s` in all; one outcome per task, in order."""
         outcomes = [CallOutcome() for _ in tasks]
         with self._lock:
             if self._closed:

@@ -6,68 +6,23 @@ command line names this test's Ray temp dir), never by a machine-wide `ray stop`
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from ray_head import BIN, head_env, private_head
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
-    return env
-
-
-def _kill_started(marker: str) -> None:
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-                proc.send_signal(signal.SIGKILL)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
 
 
 @pytest.fixture
 def ray_head():
-    temp = tempfile.mkdtemp(prefix="rlsys-e2e-", dir="/tmp")
-    port, dash = _free_port(), _free_port()
-    # Every listener on a free port, not Ray's fixed defaults (dashboard agent 52365, ...): a Ray
-    # already running on this machine holds those, and then the job agent never comes up
-    # ("No available agent to submit job").
-    agent_ports = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "ray-client-server-port")]
-    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           *agent_ports,
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-           "--num-cpus=6", f"--temp-dir={temp}", "--disable-usage-stats"]
-    subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
-    try:
-        yield f"http://127.0.0.1:{dash}"
-    finally:
-        _kill_started(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+    with private_head(num_cpus=6) as head:
+        yield head.dashboard
 
 
 def _submit(ray_head: str, job_id: str, args: list[str], env_vars: dict, wait: bool = True):
@@ -91,7 +46,7 @@ def _submit(ray_head: str, job_id: str, args: list[str], env_vars: dict, wait: b
                 raise
             time.sleep(2)
     while True:
-        proc = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(submit, env=head_env(), capture_output=True, text=True, timeout=900)
         if proc.returncode == 0 or "No available agent" not in proc.stderr or time.time() > deadline:
             return proc
         time.sleep(3)
@@ -145,7 +100,7 @@ def test_ray_job_stop_checkpoints_the_run(ray_head, tmp_path, tiny_model_dir):
         assert time.time() < deadline and client.get_job_status(job_id) in (JobStatus.PENDING, JobStatus.RUNNING), \
             client.get_job_logs(job_id)[-4000:]
         time.sleep(1)
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=_env(),
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head, job_id], env=head_env(),
                           capture_output=True, text=True, timeout=300)
     assert stop.returncode == 0, stop.stderr[-2000:]
     while client.get_job_status(job_id) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):

@@ -117,7 +117,7 @@ def test_a_reward_with_the_wrong_signature_is_refused_before_ray_starts(tiny_mod
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(f"rlsys: reward '{path}:reward'") and "TypeError" in line
+    assert line.startswith(f"rlsys: reward '{path}:reward'") and "cannot call reward(completion, answer=None" in line
     assert out.stdout.strip().splitlines()[-1] == "False" and not (tmp_path / "runs").exists()
     fault_record(fault="a user reward with a TRL-style signature", outcome=f"refused before Ray started: '{line}'",
                  recovery_s=None, lost="nothing (nothing started)")

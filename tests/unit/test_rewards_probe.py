@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from rlsys.protocol import Prompt
-from rlsys.rewards import RewardSpecError, probe_rewards
+from rlsys.rewards import RewardSpecError, check_reward_forms, probe_rewards
+from rlsys.rewards.forms import ACCEPTED
 from rlsys.rewards.probe import PROBE_RESPONSE
 
 PROMPT = Prompt(uid="train:0", messages=[{"role": "user", "content": "How many?"}], answer="3",
@@ -44,13 +45,38 @@ def test_only_builtins_is_a_no_op():
     assert probe_rewards([("accuracy", 1.0), ("r1_format", 0.5)], PROMPT) is None
 
 
-def test_trl_style_signature(tmp_path):
+def test_signature_no_form_accepts(tmp_path):
+    # `completion` (singular) is neither TRL's `completions` nor three positional arguments.
     spec = write(tmp_path, "trl", """
         def reward(completion, answer=None, **kwargs):
             return 1.0
     """)
-    assert probe_error(spec) == (f"reward {spec!r}: probe call failed: TypeError: reward() takes from 1 "
-                                 "to 2 positional arguments but 3 were given")
+    assert probe_error(spec) == (f"reward {spec!r}: cannot call reward(completion, answer=None, **kwargs): "
+                                 f"accepted signatures are {ACCEPTED}")
+    with pytest.raises(RewardSpecError) as err:  # the same check, without a call or a prompt
+        check_reward_forms([("accuracy", 1.0), (spec, 1.0)])
+    assert str(err.value) == probe_error(spec)
+
+
+def test_context_forms_pass_and_see_the_prompt(tmp_path):
+    seen = tmp_path / "seen.json"
+    sample = write(tmp_path, "ctx_sample", f"""
+        import json
+
+        def reward(sample):
+            with open({str(seen)!r}, "w") as f:
+                json.dump([sample.prompt, sample.response, sample.group, sample.index], f)
+            return 0.5
+    """)
+    trl = write(tmp_path, "ctx_trl", """
+        def reward(prompts, completions, family, **kwargs):
+            # None (a failed sample, so a failed probe) unless the columns arrived as TRL passes them
+            ok = prompts == [[{"role": "user", "content": "How many?"}]] and family == ["count"]
+            return [1.0 if ok and kwargs["answer"] == ["3"] else None for c in completions]
+    """)
+    assert check_reward_forms([(sample, 1.0), (trl, 1.0), ("accuracy", 1.0)]) == {sample: "sample", trl: "trl"}
+    assert probe_rewards([(sample, 1.0), (trl, 1.0)], PROMPT) is None
+    assert json.loads(seen.read_text()) == [PROMPT.messages, PROBE_RESPONSE, [PROBE_RESPONSE], 0]
 
 
 def test_import_error(tmp_path):
