@@ -107,7 +107,7 @@ def test_a_remote_reward_on_a_closed_port(ray_cluster, task_data, tmp_path, faul
 
 
 def test_a_reward_with_the_wrong_signature_is_refused_before_ray_starts(tiny_model_dir, tmp_path, fault_record):
-    path = tmp_path / "trl_style.py"
+    path = tmp_path / "no_form.py"
     path.write_text("def reward(completion, answer=None, **kwargs):\n    return 1.0\n")
     code = ("import sys; from launch.train import main; "
             f"rc = main(['model.path={tiny_model_dir}', 'output_dir={tmp_path / 'runs'}', "
@@ -119,5 +119,5 @@ def test_a_reward_with_the_wrong_signature_is_refused_before_ray_starts(tiny_mod
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"rlsys: reward '{path}:reward'") and "cannot call reward(completion, answer=None" in line
     assert out.stdout.strip().splitlines()[-1] == "False" and not (tmp_path / "runs").exists()
-    fault_record(fault="a user reward with a TRL-style signature", outcome=f"refused before Ray started: '{line}'",
+    fault_record(fault="a user reward whose signature no form accepts (`completion`, singular)", outcome=f"refused before Ray started: '{line}'",
                  recovery_s=None, lost="nothing (nothing started)")
