@@ -8,13 +8,15 @@ from launch.embedded import embedded_model, resolve, synthetic_data
 from rlsys.config import RunConfig
 
 
-def load_split_counted(cfg: RunConfig, path: str | Path):
+def load_split_counted(cfg: RunConfig, path: str | Path, demonstrations: bool = False):
     """Prompts of one dataset file, validated as the config says (errors name file and row),
-    and how many rows were skipped (data.on_bad_row = skip)."""
+    and how many rows were skipped (data.on_bad_row = skip). demonstrations: SFT rows, each
+    Prompt with its target `response` (rlsys/data/datasets.py)."""
     from rlsys.data.datasets import load_prompts
     from rlsys.data.templates import R1_SYSTEM_PROMPT
 
-    result = load_prompts(path, on_bad_row=cfg.data.on_bad_row, max_prompt_tokens=cfg.model.max_prompt_tokens,
+    result = load_prompts(path, demonstrations=demonstrations, on_bad_row=cfg.data.on_bad_row,
+                          max_prompt_tokens=cfg.model.max_prompt_tokens,
                           min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
                           system_prompt=cfg.data.system_prompt or R1_SYSTEM_PROMPT)
     if result.skipped:

@@ -28,23 +28,6 @@ from rlsys.config import RunConfig, to_yaml
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
-def load_demonstrations(cfg: RunConfig):
-    """Prompts with their target `response` from sft.data, validated as training data is;
-    -> (prompts, skipped row count)."""
-    from rlsys.data.datasets import load_prompts
-    from rlsys.data.templates import R1_SYSTEM_PROMPT
-
-    path = cfg.sft.data
-    result = load_prompts(path, demonstrations=True, on_bad_row=cfg.data.on_bad_row,
-                          max_prompt_tokens=cfg.model.max_prompt_tokens, min_pixels=cfg.model.min_pixels,
-                          max_pixels=cfg.model.max_pixels,
-                          system_prompt=cfg.data.system_prompt or R1_SYSTEM_PROMPT)
-    if result.skipped:
-        print(f"{path}: skipped {result.skip_count} of {result.num_rows} rows (data.on_bad_row=skip); "
-              f"first: {result.skipped[0].message}")
-    return result.prompts, result.skip_count
-
-
 def _problem(cfg: RunConfig) -> str | None:
     """What makes this config unusable for `rlsys sft`, checked before anything is built."""
     s = cfg.sft
@@ -76,6 +59,7 @@ def _copy_extra_files(src: Path, dst: Path) -> None:
 def run_sft(cfg: RunConfig) -> int:
     from launch.cluster import connect
     from launch.embedded import embedded_model
+    from launch.evaluate import load_split_counted
     from launch.roles import start_learners, stop_learners
     from launch.train import new_run_dir
     from rlsys.data import DataError
@@ -93,7 +77,7 @@ def run_sft(cfg: RunConfig) -> int:
         return 2
     s = cfg.sft
     try:
-        demos, skipped = load_demonstrations(cfg)
+        demos, skipped = load_split_counted(cfg, cfg.sft.data, demonstrations=True)
     except DataError as err:
         print(f"rlsys: {err}", file=sys.stderr)
         return 2
