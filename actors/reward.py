@@ -1,5 +1,6 @@
-"""Reward actor: rule-based and user reward functions (in a worker pool with timeouts) and an
-optional scalar reward model. One method per remote call."""
+"""Reward actor: rule-based and user reward functions (in a worker pool with timeouts). Reward
+models are actors of their own (actors/reward_model.py, actors/judge.py). One method per remote
+call."""
 from __future__ import annotations
 
 import time
@@ -11,36 +12,22 @@ from rlsys.specs import RewardSpec
 
 class RewardActor:
     def __init__(self, spec: RewardSpec):
-        from rlsys.rewards.scorer import RewardScorer
-
-        self.scorer = RewardScorer(list(spec.components), timeout_s=spec.timeout_s, max_workers=spec.num_workers)
+        self.scorer = _scorer(spec.components, spec)
         self.eval_scorer = self.scorer
-        if spec.eval_components and spec.eval_components != spec.components:
-            self.eval_scorer = RewardScorer(list(spec.eval_components), timeout_s=spec.timeout_s,
-                                            max_workers=spec.num_workers)
-        self.reward_model = None
-        self.reward_model_weight = spec.reward_model_weight
-        if spec.reward_model:
-            from rlsys.rewards.model import ScalarRewardModel
-
-            self.reward_model = ScalarRewardModel(spec.reward_model, dtype=spec.dtype)
+        if spec.eval_components is not None and spec.eval_components != spec.components:
+            self.eval_scorer = _scorer(spec.eval_components, spec)
         self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent score calls
 
     def score(self, groups: list[RolloutGroup]) -> list[RewardResult]:
         start = time.time()
-        results = self.scorer.score_groups(groups)
-        if self.reward_model is not None:
-            for group, result in zip(groups, results):
-                scores = self.reward_model.score(group)
-                result.components["reward_model"] = scores
-                result.rewards = [r + self.reward_model_weight * s for r, s in zip(result.rewards, scores)]
+        results = _score(self.scorer, groups)
         self.calls.append((start, time.time()))
         return results
 
     def score_eval(self, groups: list[RolloutGroup]) -> list[RewardResult]:
-        """Held-out groups scored by the evaluation rewards (no reward model: evaluation reports
-        the verifiers a person can check)."""
-        return self.eval_scorer.score_groups(groups)
+        """Held-out groups scored by the rule entries of the evaluation rewards (the model entries
+        are scored by their own roles, rlsys/distributed/roles.py: Roles.evaluate)."""
+        return _score(self.eval_scorer, groups)
 
     def call_log(self) -> list[tuple[float, float]]:
         """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""
@@ -50,3 +37,18 @@ class RewardActor:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()
+
+
+def _scorer(components: tuple, spec: RewardSpec):
+    """The scorer of rule components; None when there are none (the reward is all models')."""
+    from rlsys.rewards.scorer import RewardScorer
+
+    if not components:
+        return None
+    return RewardScorer(list(components), timeout_s=spec.timeout_s, max_workers=spec.num_workers)
+
+
+def _score(scorer, groups: list[RolloutGroup]) -> list[RewardResult]:
+    if scorer is None:  # no rules: every reward comes from the model roles, added by the driver
+        return [RewardResult([0.0] * g.size, {}, component_failures={}) for g in groups]
+    return scorer.score_groups(groups)

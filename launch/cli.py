@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="only the first N training prompts (default: all)")
     _with_config(sub.add_parser("sft", help="supervised fine-tuning on demonstrations (sft.data) before RL; "
                                 "writes a HF checkpoint for model.path="))
+    _with_config(sub.add_parser("train-rm", help="train a scalar multimodal reward model on preference pairs "
+                                "(train_rm.data, Bradley-Terry); writes the dir reward.components takes"))
     ablate_arguments(sub.add_parser("ablate", help="sampling ablation: online, then offline and mixed "
                                     "replaying it; writes table.md + accuracy.png"))
     return top
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from launch.sft import run_sft
 
         return run_sft(cfg)
+    if args.command == "train-rm":
+        from launch.train_rm import run_train_rm
+
+        return run_train_rm(cfg)
     if args.command == "rollout":
         from launch.rollout import rollout_cli
 

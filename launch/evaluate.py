@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from launch.embedded import embedded_model, resolve, synthetic_data
@@ -39,6 +40,12 @@ def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
     from rlsys.rewards import RewardScorer
     from rlsys.specs import engine_spec, eval_sampling, generate_kwargs, reward_components
 
+    entries = cfg.eval.rewards if cfg.eval.rewards is not None else cfg.reward.components
+    if any(c.model is not None for c in entries):
+        print("rlsys: config error: rlsys eval scores with rule rewards only; reward models score held-out "
+              "prompts inside `rlsys train` (eval.before_and_after, eval.every): set eval.rewards to rule "
+              "entries, e.g. eval.rewards='[{name: accuracy}]'", file=sys.stderr)
+        return 2
     # Build only what the command line did not name.
     if model is None:
         model = str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path

@@ -7,22 +7,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.critic import CriticActor
+from actors.judge import JudgeActor
 from actors.learner import LearnerActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
+from actors.reward_model import ScalarRMActor
+from actors.rm_learner import RMLearnerActor
 from actors.rollout import RolloutActor
 from launch.cluster import runtime_env_vars
 from rlsys.config import RunConfig
 from rlsys.distributed.placement import bundle_options, create_placement_group, plan_learners, plan_roles
 from rlsys.distributed.recovery import Recovery
-from rlsys.distributed.clients import CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RolloutPool
+from rlsys.distributed.clients import (CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RewardModelPool,
+                                      RolloutPool)
 from rlsys.distributed.roles import GenerationRoles, Roles
-from rlsys.specs import CriticSpec, DistRank, EngineSpec, LearnerSpec, ReferenceSpec, RewardSpec, role_specs
+from rlsys.specs import (CriticSpec, DistRank, EngineSpec, JudgeSpec, LearnerSpec, ReferenceSpec, RewardSpec,
+                         RMTrainerSpec, ScalarRMSpec, role_specs)
 
 # Which actor class serves which spec; a data-parallel role's actors also take a DistRank.
 _ACTORS = {EngineSpec: RolloutActor, RewardSpec: RewardActor, ReferenceSpec: ReferenceActor,
-           LearnerSpec: LearnerActor, CriticSpec: CriticActor}
-_DATA_PARALLEL = (LearnerSpec, CriticSpec)
+           LearnerSpec: LearnerActor, CriticSpec: CriticActor, ScalarRMSpec: ScalarRMActor, JudgeSpec: JudgeActor,
+           RMTrainerSpec: RMLearnerActor}
+_DATA_PARALLEL = (LearnerSpec, CriticSpec, RMTrainerSpec)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,11 @@ class Slot:
 
     def options(self) -> dict:
         return {**bundle_options(self.pg, self.bundle, self.resources), "runtime_env": {"env_vars": self.env}}
+
+
+def rm_role(column: str) -> str:
+    """The restartable role name of a reward model's replicas (fault counts are per role)."""
+    return f"reward_model/{column}"
 
 
 def _rendezvous(slot: Slot) -> tuple[str, int]:
@@ -110,9 +121,18 @@ class Starter:
                                     if self.specs.reference else [])}
         self.role_spec = {"engine": self.specs.engine, "reward": self.specs.reward, "learner": self.specs.learner,
                           "critic": self.specs.critic, "reference": self.specs.reference}
+        # Reward models: role "reward_model/<column>", one slot per replica.
+        for rm, replicas in zip(self.specs.reward_models, self.plan.reward_models):
+            self.slots[rm_role(rm.name)] = [Slot(self.pg, i, bundles[i], env) for i in replicas]
+            self.role_spec[rm_role(rm.name)] = rm.spec
 
     def start(self, role: str, slots: list[Slot]) -> list:
         return start_role(self.role_spec[role], slots) if slots and self.role_spec[role] else []
+
+    def start_reward_models(self) -> list[RewardModelPool]:
+        """Every reward model's replicas (not yet ready), one pool per model entry."""
+        return [RewardModelPool(rm.name, rm.weight, rm.normalize, self.start(rm_role(rm.name), self.slots[rm_role(rm.name)]))
+                for rm in self.specs.reward_models]
 
     def restart(self, role: str, index: int) -> list:
         if role == "learner":  # the whole group: ZeRO shards and the rendezvous are shared
@@ -132,10 +152,12 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
     learners = starter.start("learner", starter.slots["learner"])
     critics = starter.start("critic", starter.slots["critic"]) or None
     reference = (starter.start("reference", starter.slots["reference"]) or [None])[0]
-    _ready(learners + (critics or []) + ([reference] if reference else []) + engines + [reward])
+    reward_models = starter.start_reward_models()
+    _ready(learners + (critics or []) + ([reference] if reference else []) + engines + [reward]
+           + [a for pool in reward_models for a in pool.actors])
     _open_weight_sync(cfg, learners, engines)
     specs = starter.specs
-    return Roles(cfg=cfg, rollout=RolloutPool(engines), reward=RewardClient(reward),
+    return Roles(cfg=cfg, rollout=RolloutPool(engines), reward=RewardClient(reward), reward_models=reward_models,
                  reference=ReferenceClient(reference) if reference else None, learner=LearnerGroup(learners),
                  critic=CriticGroup(critics) if critics else None, train_sampling=specs.train_sampling,
                  eval_sampling=specs.eval_sampling, placement_group=starter.pg,
@@ -156,9 +178,10 @@ def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
     return GenerationRoles(RolloutPool(engines), RewardClient(reward), specs.train_sampling, pg)
 
 
-def start_learners(cfg: RunConfig, spec: LearnerSpec) -> tuple[LearnerGroup, Any]:
-    """The policy learner ranks alone, ready, in a placement group of their own (`rlsys sft`);
-    -> (the group, its placement group). Stop them with `stop_learners`."""
+def start_learners(cfg: RunConfig, spec: LearnerSpec | RMTrainerSpec) -> tuple[LearnerGroup, Any]:
+    """Learner ranks alone (`learner.num_ranks`, placed as in training), ready, in a placement
+    group of their own: the policy learner of `rlsys sft` or the reward-model trainer of
+    `rlsys train-rm`; -> (the group, its placement group). Stop them with `stop_learners`."""
     plan = plan_learners(cfg)
     pg = create_placement_group(plan, cfg.resources.colocate)
     env = runtime_env_vars(cfg)

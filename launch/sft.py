@@ -46,7 +46,7 @@ def _problem(cfg: RunConfig) -> str | None:
     return None
 
 
-def _copy_extra_files(src: Path, dst: Path) -> None:
+def copy_extra_files(src: Path, dst: Path) -> None:
     """Files of the source checkpoint the export did not write (e.g. a builder's notes), so the
     output is a complete checkpoint like its source; weights are never copied."""
     if not src.is_dir():
@@ -131,7 +131,7 @@ def run_sft(cfg: RunConfig) -> int:
         stop_learners(group, pg)
         if owns_ray and not cfg.resources.address:
             ray.shutdown()
-    _copy_extra_files(Path(model_path), out_dir)
+    copy_extra_files(Path(model_path), out_dir)
     (out_dir / "rlsys_sft.json").write_text(json.dumps(
         {"source": model_path, "data": str(s.data), "steps": len(plan), "demonstrations": len(samples),
          "initial_loss": losses[0], "final_loss": losses[-1], "skipped_steps": skipped_steps}, indent=1))

@@ -91,7 +91,8 @@ def run_training(cfg: RunConfig) -> int:
     # Reward signatures first, before the imports below load torch (seconds) and before any
     # asset or data work: a reward no form accepts stops the run in about a second.
     try:
-        check_reward_forms([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]])
+        check_reward_forms([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]
+                            if c.model is None])
     except RewardSpecError as err:
         print(f"rlsys: {err}", file=sys.stderr)
         return 2
@@ -135,8 +136,8 @@ def run_training(cfg: RunConfig) -> int:
         train, train_skipped = load_split_counted(cfg, assets.train_path or cfg.data.train)
         test, test_skipped = load_split_counted(cfg, assets.test_path or cfg.data.test)
         replay = replay_source(cfg, train)  # before any actor starts: a bad recording fails fast
-        probe_rewards([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]], train[0],
-                      timeout_s=cfg.reward.timeout_s)
+        probe_rewards([(c.name, c.weight) for c in [*cfg.reward.components, *(cfg.eval.rewards or [])]
+                       if c.model is None], train[0], timeout_s=cfg.reward.timeout_s)
     except (DataError, RewardSpecError) as err:
         print(f"rlsys: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -46,23 +47,57 @@ class CriticMetrics:
         return asdict(self)
 
 
+# A saved value model: a HF (VL)M checkpoint (the backbone) plus this file with its head.
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
 class ValueModel(nn.Module):
     """Backbone of a causal (VL)M (its LM head dropped) + Linear(hidden, 1).
-    forward(**model inputs) -> values [N, T] float32."""
+    forward(**model inputs) -> values [N, T] float32.
 
-    def __init__(self, policy: nn.Module):
+    head: an existing scalar head to use (e.g. a sequence-classification model's `score`);
+    None: a new one, small-initialised."""
+
+    def __init__(self, policy: nn.Module, head: Optional[nn.Linear] = None):
         super().__init__()
         self.backbone = getattr(policy, policy.base_model_prefix)
         self.config = policy.config
         hidden = getattr(policy.config, "text_config", policy.config).hidden_size
-        self.value_head = nn.Linear(hidden, 1, dtype=next(self.backbone.parameters()).dtype)
-        # Small init (as OpenRLHF): initial values near 0, gradients still reach the backbone.
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
-        nn.init.zeros_(self.value_head.bias)
+        if head is None:
+            head = nn.Linear(hidden, 1, dtype=next(self.backbone.parameters()).dtype)
+            # Small init (as OpenRLHF): initial values near 0, gradients still reach the backbone.
+            nn.init.normal_(head.weight, std=1.0 / (hidden + 1))
+            nn.init.zeros_(head.bias)
+        self.value_head = head
 
     def forward(self, **inputs) -> torch.Tensor:
         h = self.backbone(**inputs, use_cache=False).last_hidden_state
         return self.value_head(h).squeeze(-1).float()
+
+    @classmethod
+    def from_pretrained(cls, path, dtype="float32", trust_remote_code: bool = False) -> "ValueModel":
+        """A saved value model: `path` holds a HF (VL)M checkpoint that `load_policy` reads (the
+        backbone; its LM head is dropped) and VALUE_HEAD_FILE (weight [1, H], bias [1])."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from rlsys.models.loading import load_policy
+
+        model = cls(load_policy(path, dtype, trust_remote_code=trust_remote_code))
+        head = load_file(str(Path(path) / VALUE_HEAD_FILE))
+        model.value_head.load_state_dict({k: v.to(model.value_head.weight.dtype) for k, v in head.items()})
+        return model
+
+
+def save_value_head(weight: torch.Tensor, bias: torch.Tensor, out_dir) -> None:
+    """Write a value head (weight [1, H], bias [1]) as VALUE_HEAD_FILE in `out_dir`."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    save_file({"weight": weight.detach().cpu().contiguous(), "bias": bias.detach().cpu().contiguous()},
+              str(Path(out_dir) / VALUE_HEAD_FILE))
 
 
 @dataclass

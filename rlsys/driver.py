@@ -17,13 +17,14 @@ from rlsys.checkpoint import RunState
 from rlsys.config import RunConfig, to_dict
 from rlsys.distributed.recovery import RoleFailure
 from rlsys.rewards import FailureGuard, RewardFailureError
+from rlsys.rewards.combine import normalize_batch, with_model_scores
 from rlsys.evaluation import EvalResult, eval_tables, evaluate_groups
 from rlsys.logging import MetricsLogger, flatten
 from rlsys.protocol import Prompt, RolloutGroup, ScoredGroup
 from rlsys.recording import RolloutRecorder
 from rlsys.sampling import (BatchFill, BatchPlan, PromptSampler, ReplaySampler, SamplerState, plan_batch,
                             replay_source)
-from rlsys.specs import call_seed
+from rlsys.specs import call_seed, component_column
 from rlsys.timing import StageTimer
 
 
@@ -65,7 +66,8 @@ class Driver:
         self.prompts_by_uid = {p.uid: p for p in train_prompts}
         self.skipped_rows = dict(skipped_rows or {})
         r = cfg.reward
-        self.reward_guard = FailureGuard(r.max_failure_frac, r.max_failed_steps)
+        judges = tuple(component_column(c) for c in r.components if c.model == "judge")
+        self.reward_guard = FailureGuard(r.max_failure_frac, r.max_failed_steps, exempt=judges)
         self.stop_requested = stop_requested
         self.eval_before: Optional[EvalResult] = None
         self.run_dir = run_dir
@@ -99,14 +101,27 @@ class Driver:
             self.ahead.append(self.launch(self.plan, self.launched_steps, 1))
 
     def score_async(self, groups: list[RolloutGroup]):
-        """Rewards, reference log-probs and critic values, concurrently on their actors;
-        -> Pending of the groups' ScoredGroups."""
+        """Rule rewards, reward-model scores, reference log-probs and critic values, concurrently
+        on their actors; -> Pending of the groups' ScoredGroups."""
         rewards = self.roles.reward.score_async(groups)
+        models = [pool.score_async(groups) for pool in self.roles.reward_models]
         ref = self.roles.reference.logprobs_async(groups) if self.needs_reference else None
         values = self.roles.critic.values_async(groups) if self.roles.critic is not None else None
-        return self.roles.join(rewards, ref, values, combine=lambda rewards, ref, values: [
-            ScoredGroup(g, r, None if ref is None else ref[i], None if values is None else values[i])
-            for i, (g, r) in enumerate(zip(groups, rewards))])
+
+        def combine(rewards, ref, values, *model_scores):
+            for pool, per_group in zip(self.roles.reward_models, model_scores):
+                rewards = [with_model_scores(r, pool.name, pool.weight, s) for r, s in zip(rewards, per_group)]
+            return [ScoredGroup(g, r, None if ref is None else ref[i], None if values is None else values[i])
+                    for i, (g, r) in enumerate(zip(groups, rewards))]
+
+        return self.roles.join(rewards, ref, values, *models, combine=combine)
+
+    def normalize(self, scored: list[ScoredGroup]) -> list[ScoredGroup]:
+        """Reward models with `normalize` get their scores standardised over this batch."""
+        for pool in self.roles.reward_models:
+            if pool.normalize:
+                scored = normalize_batch(scored, pool.name, pool.weight)
+        return scored
 
     def advantages(self, scored: list[ScoredGroup]):
         return build_train_batch(scored, self.cfg.algorithm, self.cfg.advantage_estimator, self.version)
@@ -147,7 +162,7 @@ class Driver:
     def learn(self, scored: list[ScoredGroup], timer: StageTimer) -> dict[str, float]:
         """advantages -> update -> sync on the step's batch; -> their metrics."""
         with timer.stage("advantages"):
-            batch, batch_stats = self.advantages(scored)
+            batch, batch_stats = self.advantages(self.normalize(scored))
         with timer.stage("update"):
             learner_metrics, critic_metrics = self.update(batch)
         with timer.stage("wait_ahead"):  # engines finish the batches they generate ahead
@@ -368,4 +383,5 @@ def _reward_metrics(scored: list[ScoredGroup]) -> dict[str, float]:
         vals = [v for sg in scored for v in sg.reward.components[name]]
         key = {"r1_format": "format_rate"}.get(name, name)
         out[f"reward/{key}"] = sum(vals) / len(vals) if vals else math.nan
+        out[f"reward/failed/{name}"] = float(sum(sg.reward.component_failures.get(name, 0) for sg in scored))
     return out

@@ -117,5 +117,5 @@ def eval_tables(out_dir: Path, result: EvalResult, groups: Sequence[RolloutGroup
                 "uid": group.prompt.uid, "prompt": _prompt_text(group.prompt),
                 "images": [im.sha256[:16] for im in group.prompt.images], "answer": group.prompt.answer,
                 "responses": [r.response_text for r in group.rollouts], "rewards": scored.rewards,
-                "components": scored.components}) + "\n")
+                "components": scored.components, "critiques": scored.texts}) + "\n")
     return out_dir

@@ -67,6 +67,24 @@ class Prompt:
 
 
 @dataclass
+class PreferencePair:
+    """One preference pair for reward-model training (`rlsys train-rm`; load_prompts with
+    pairs=True, rlsys/data/datasets.py).
+
+    prompt:   the prompt both responses answer (its images included).
+    chosen:   the preferred response text.
+    rejected: the other response text.
+    margin:   how much more the chosen one is preferred; the Bradley-Terry loss asks
+              score(chosen) - score(rejected) to exceed it (0: plain Bradley-Terry).
+    """
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    margin: float = 0.0
+
+
+@dataclass
 class Rollout:
     """One sampled response.
 
@@ -114,6 +132,8 @@ class RewardResult:
                 component has an entry (0 when none failed).
     first_failure: name -> the first failed call of that component in this group (only
                 components that failed): why, and which sample.
+    texts:      name -> [G] text a component wrote about each sample (a judge's critiques);
+                only components that write one.
     """
 
     @dataclass(frozen=True)
@@ -130,6 +150,26 @@ class RewardResult:
     failures: int = 0
     component_failures: dict[str, int] = field(default_factory=dict)
     first_failure: dict[str, RewardResult.Failure] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class ModelScores:
+    """One reward model's scores of one group (a scalar RM or a judge actor's reply).
+
+    scores:   [G] the model's score per sample, before weighting (the judge's fallback where its
+              output had no score).
+    failures: samples whose score could not be read (judge: no parsable score in any of its
+              judgements); each got the fallback.
+    first_failure: the first of them (why, uid, sample index), else None.
+    texts:    [G] the judge's critique per sample (its first judgement, verbatim); None for a
+              scalar RM.
+    """
+
+    scores: list[float]
+    failures: int = 0
+    first_failure: Optional[RewardResult.Failure] = None
+    texts: Optional[list[str]] = None
 
 
 @dataclass

@@ -8,7 +8,7 @@ from rlsys.protocol import ScoredGroup
 
 SCHEMA_FIELDS = ("step", "prompt_uid", "sample_index", "prompt_token_ids", "response_token_ids",
                  "response_text", "reward", "reward_components", "behaviour_logprobs",
-                 "finish_reason", "policy_version", "image_hashes", "answer")
+                 "finish_reason", "policy_version", "image_hashes", "answer", "reward_texts")
 
 
 class RolloutRecorder:
@@ -30,6 +30,8 @@ class RolloutRecorder:
             ("reward_components", pa.map_(pa.string(), pa.float64())),
             ("behaviour_logprobs", pa.list_(pa.float32())), ("finish_reason", pa.string()),
             ("policy_version", pa.int64()), ("image_hashes", pa.list_(pa.string())), ("answer", pa.string()),
+            # component -> what it wrote about this sample (a judge's critique); empty for rules
+            ("reward_texts", pa.map_(pa.string(), pa.string())),
         ])
 
     def write(self, step: int, scored: list[ScoredGroup]) -> int:
@@ -44,7 +46,8 @@ class RolloutRecorder:
                           r.response_text, float(sg.reward.rewards[j]),
                           [(k, float(v[j])) for k, v in sg.reward.components.items()],
                           list(r.behaviour_logprobs), r.finish_reason, r.policy_version,
-                          [m.sha256 for m in prompt.images], prompt.answer)
+                          [m.sha256 for m in prompt.images], prompt.answer,
+                          [(k, v[j]) for k, v in sg.reward.texts.items()])
                 for name, value in zip(SCHEMA_FIELDS, values):
                     rows[name].append(value)
         table = pa.table(rows, schema=self._schema())

@@ -30,7 +30,7 @@ from rlsys.recording import SCHEMA_FIELDS
 
 FINISH_REASONS = ("stop", "length", "abort")
 # The recorder's columns that replay needs (rewards are re-scored, the step is not needed).
-REQUIRED_COLUMNS = tuple(c for c in SCHEMA_FIELDS if c not in ("step", "reward", "reward_components"))
+REQUIRED_COLUMNS = tuple(c for c in SCHEMA_FIELDS if c not in ("step", "reward", "reward_components", "reward_texts"))
 
 
 def replay_files(path: str | Path) -> list[Path]:

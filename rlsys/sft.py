@@ -69,16 +69,26 @@ class SFTMetrics:
 def encode_demonstration(processor, prompt: Prompt) -> TrainSample:
     """The TrainSample of a demonstration (see the module docstring). Raises ValueError naming
     the prompt when it has no response."""
-    from rlsys.models.forward import prompt_token_ids
-
     if not prompt.response:
         raise ValueError(f"prompt {prompt.uid}: no demonstrated response to train on")
+    return encode_response(processor, prompt, prompt.response)
+
+
+def encode_response(processor, prompt: Prompt, response: str,
+                    prompt_ids: Optional[list[int]] = None) -> TrainSample:
+    """`prompt` followed by `response` as one TrainSample, built as a demonstration is (see the
+    module docstring): prompt ids [P] as the engine renders them, then the ids of the response
+    text + the tokenizer's EOS [R]; old_logprobs/advantages are zeros [R]. Also what a reward
+    model scores (rlsys/rewards/scalar_rm.py, rlsys/reward_training.py). `prompt_ids`: the
+    prompt's ids when the caller has them already (a group's G responses share them)."""
+    from rlsys.models.forward import prompt_token_ids
+
     tok = getattr(processor, "tokenizer", processor)
-    ids = prompt_token_ids(processor, prompt)
+    ids = list(prompt_token_ids(processor, prompt) if prompt_ids is None else prompt_ids)
     eos = tok.eos_token or ""
-    resp = tok(prompt.response + eos, add_special_tokens=False)["input_ids"]
+    resp = tok(response + eos, add_special_tokens=False)["input_ids"]
     zeros = torch.zeros(len(resp))
-    return TrainSample(input_ids=torch.tensor(list(ids) + list(resp), dtype=torch.long),
+    return TrainSample(input_ids=torch.tensor(ids + list(resp), dtype=torch.long),
                        response_start=len(ids), images=list(prompt.images),
                        old_logprobs=zeros, advantages=zeros)
 

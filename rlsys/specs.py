@@ -6,10 +6,12 @@ No Ray, no torch here: the specs are plain values that pickle to any actor.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 from rlsys.config import RunConfig
+from rlsys.config.schema import component_column
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class CriticSpec:
 
 
 @dataclass(frozen=True)
+class RMTrainerSpec:
+    """A reward-model trainer rank of `rlsys train-rm` (rlsys/reward_training.py): Bradley-Terry
+    on preference pairs, one optimizer step per `bt_step` (ppo_epochs = mini_batches = 1)."""
+
+    trainer: TrainerSpec
+
+
+@dataclass(frozen=True)
 class ReferenceSpec:
     """The frozen reference policy (rlsys/reference.py); temperature as the learner's."""
 
@@ -120,16 +130,65 @@ class ReferenceSpec:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """The reward actor: weighted components (rlsys/rewards/scorer.py) and an optional scalar
-    reward model added with `reward_model_weight`."""
+    """The reward actor: the weighted rule components (rlsys/rewards/scorer.py). Reward models
+    are roles of their own (ScalarRMSpec, JudgeSpec)."""
 
     components: tuple[tuple, ...]  # (spec, weight[, options]) as RewardScorer takes them
-    eval_components: tuple[tuple, ...] = ()  # () scores evaluation with `components`
+    eval_components: Optional[tuple[tuple, ...]] = None  # None scores evaluation with `components`
     timeout_s: float = 5.0
     num_workers: int = 2
-    reward_model: Optional[str] = None
-    reward_model_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScalarRMSpec:
+    """A scalar reward model replica (rlsys/rewards/scalar_rm.py).
+
+    model_path: an `rlsys train-rm` directory (VLM backbone + value head, rlsys_rm.json) or a HF
+                sequence-classification checkpoint with one label (text only).
+    batch_size: sequences per forward pass. max_length: longest sequence scored (prompt +
+    response tokens); a longer one is not cut (that would score another prompt): it fails,
+    counted, and scores 0.
+    """
+
+    model_path: str
     dtype: str = "float32"
+    batch_size: int = 16
+    max_length: int = 2048
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """A generative judge replica (rlsys/rewards/judge.py): a vLLM engine writing a critique
+    and then a score for each (image, question, response).
+
+    template:   the prompt template text ({question}, {response}, optional {answer}).
+    samples:    judgements per response, averaged (the failed ones left out of the mean).
+    temperature, max_new_tokens: the judge's sampling; seed: its base sampling seed.
+    fallback:   the score of a response none of whose judgements has a parsable score.
+    """
+
+    engine: EngineSpec
+    template: str
+    samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 96
+    fallback: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RewardModelRole:
+    """One reward-model entry of `reward.components`: its column name, weight, whether its scores
+    are standardised per batch, its replicas' resources, and the replica spec."""
+
+    name: str
+    weight: float
+    normalize: bool
+    replicas: int
+    cpus: float
+    gpus: float
+    spec: "ScalarRMSpec | JudgeSpec"
 
 
 @dataclass(frozen=True)
@@ -153,6 +212,7 @@ class RoleSpecs:
     reference: Optional[ReferenceSpec]
     train_sampling: SamplingSpec
     eval_sampling: SamplingSpec
+    reward_models: tuple[RewardModelRole, ...] = ()
 
 
 def _trainer(cfg: RunConfig, model_path: str, *, zero_stage: int, lr: float, micro_batch_size: int) -> TrainerSpec:
@@ -176,19 +236,43 @@ def engine_spec(cfg: RunConfig, model_path: str) -> EngineSpec:
 
 
 def reward_components(components) -> tuple[tuple, ...]:
-    """Config reward components (rlsys/config/schema.py RewardComponent) as scorer components:
-    (name, weight), or (name, weight, (("name", alias),)) when an alias names the column (options
-    as pairs, not a dict, so the frozen spec stays hashable)."""
+    """The rule entries of config reward components (rlsys/config/schema.py RewardComponent) as
+    scorer components: (name, weight), or (name, weight, (("name", alias),)) when an alias names
+    the column (options as pairs, not a dict, so the frozen spec stays hashable). Model entries
+    are roles of their own (`reward_model_roles`)."""
     return tuple((c.name, c.weight, (("name", c.alias),)) if c.alias else (c.name, c.weight)
-                 for c in components)
+                 for c in components if c.model is None)
 
 
 def reward_spec(cfg: RunConfig) -> RewardSpec:
     r = cfg.reward
     return RewardSpec(components=reward_components(r.components),
-                      eval_components=reward_components(cfg.eval.rewards or ()), timeout_s=r.timeout_s,
-                      num_workers=r.num_workers, reward_model=r.reward_model,
-                      reward_model_weight=r.reward_model_weight, dtype=cfg.model.dtype)
+                      eval_components=None if cfg.eval.rewards is None else reward_components(cfg.eval.rewards),
+                      timeout_s=r.timeout_s,
+                      num_workers=r.num_workers)
+
+
+def reward_model_roles(cfg: RunConfig, policy_path: str) -> tuple[RewardModelRole, ...]:
+    """The model entries of reward.components as roles. `policy_path`: the resolved initial policy
+    (what a judge path 'policy' serves). Judge templates are read here (validation checked them)."""
+    from rlsys.rewards.judge import load_template
+
+    out = []
+    for c in cfg.reward.components:
+        if c.model is None:
+            continue
+        path = policy_path if c.path == "policy" else c.path
+        if c.model == "scalar":
+            spec = ScalarRMSpec(model_path=path, dtype=cfg.model.dtype, batch_size=c.batch_size,
+                                max_length=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens,
+                                trust_remote_code=cfg.model.trust_remote_code)
+        else:
+            engine = dataclasses.replace(engine_spec(cfg, path), max_model_len=cfg.rollout.max_model_len
+                                         + cfg.rollout.max_new_tokens + c.max_new_tokens)
+            spec = JudgeSpec(engine=engine, template=load_template(c.template), samples=c.samples, temperature=c.temperature,
+                             max_new_tokens=c.max_new_tokens, fallback=c.fallback, seed=cfg.seed)
+        out.append(RewardModelRole(component_column(c), c.weight, c.normalize, c.replicas, c.cpus, c.gpus, spec))
+    return tuple(out)
 
 
 def train_sampling(cfg: RunConfig) -> SamplingSpec:
@@ -225,7 +309,7 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
                                   temperature=cfg.rollout.temperature, trust_remote_code=cfg.model.trust_remote_code)
     return RoleSpecs(engine=engine_spec(cfg, model_path), reward=reward_spec(cfg), learner=learner,
                      critic=critic, reference=reference, train_sampling=train_sampling(cfg),
-                     eval_sampling=eval_sampling(cfg))
+                     eval_sampling=eval_sampling(cfg), reward_models=reward_model_roles(cfg, model_path))
 
 
 def sft_learner_spec(cfg: RunConfig, model_path: str, total_steps: int) -> LearnerSpec:
@@ -241,6 +325,19 @@ def sft_learner_spec(cfg: RunConfig, model_path: str, total_steps: int) -> Learn
         lr_schedule="constant", warmup_steps=s.warmup_steps, total_steps=total_steps, ppo_epochs=1,
         mini_batches=1, loss_agg="token_mean", norm_length=None)
     return LearnerSpec(trainer=trainer, temperature=1.0)
+
+
+def rm_trainer_spec(cfg: RunConfig, model_path: str, total_steps: int) -> RMTrainerSpec:
+    """The reward-model trainer of `rlsys train-rm` (cfg.train_rm): the learner section's ranks,
+    ZeRO stage, micro-batch size (in pairs), clipping, weight decay and backend; train_rm's LR
+    (constant after warm-up); one optimizer step per bt_step."""
+    t = cfg.train_rm
+    trainer = dataclasses.replace(
+        _trainer(cfg, model_path, zero_stage=cfg.learner.zero_stage, lr=t.lr,
+                 micro_batch_size=cfg.learner.micro_batch_size),
+        lr_schedule="constant", warmup_steps=t.warmup_steps, total_steps=total_steps, ppo_epochs=1,
+        mini_batches=1, loss_agg="token_mean", norm_length=None)
+    return RMTrainerSpec(trainer)
 
 
 def prompt_seed(call_seed: int, uid: str) -> int:

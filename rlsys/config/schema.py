@@ -108,7 +108,8 @@ class RolloutConfig:
 
 @dataclass
 class RewardComponent:
-    name: str = f("accuracy", "The reward: a registered name (accuracy, r1_format), 'path/file.py:function', "
+    name: Optional[str] = f("accuracy", "A rule reward (null for a model entry): a registered name (accuracy, "
+                  "r1_format), 'path/file.py:function', "
                   "'package.module:function' or an http(s) URL (a remote scorer; the 'remote' factory behind it "
                   "takes options, from Python: RewardScorer([('remote', 1.0, {'url': ...})])). "
                   "A function takes fn(response, answer, metadata) -> float, fn(sample) -> float, "
@@ -116,19 +117,46 @@ class RewardComponent:
                   "-> list[float] (rlsys/rewards/forms.py); its signature is checked before anything starts.")
     weight: float = f(1.0, "Weight in the combined reward.")
     alias: Optional[str] = f(None, "Name of the component's metric column (reward/<alias>) and score key; "
-                             "null: `name`. Needed to use one reward twice.")
+                             "null: `name` (a model entry: `model`). Needed to use one reward twice.")
+    model: Optional[Literal["scalar", "judge"]] = f(
+        None, "A reward model instead of a rule (set `name: null`), run as its own Ray actor group: 'scalar' "
+        "scores (image, prompt, response) with a scalar head (rlsys/rewards/scalar_rm.py); 'judge' is a vLLM "
+        "engine that writes a critique, then a score (rlsys/rewards/judge.py). The fields below apply to "
+        "model entries only.")
+    path: Optional[str] = f(
+        None, "Model entries (required): the checkpoint. scalar: an `rlsys train-rm` output directory "
+        "(VLM + value head) or a HF sequence-classification directory / hub id (text only). judge: a "
+        "(VL)M directory or hub id, e.g. an `rlsys sft` output; 'policy' serves the run's initial policy "
+        "(the reference model's weights).")
+    replicas: int = f(1, "Model entries: actors serving the model; groups go to the least busy one.", ge=1)
+    cpus: float = f(0.5, "Model entries: CPUs per replica.", gt=0.0)
+    gpus: float = f(0.0, "Model entries: GPUs per replica.", ge=0.0)
+    batch_size: int = f(16, "scalar: sequences per forward pass.", ge=1)
+    normalize: bool = f(False, "Model entries: standardise this model's scores over each step's batch "
+                        "(mean 0, std 1) before weighting; the raw scores stay in reward/<column>.")
+    template: Optional[str] = f(
+        None, "judge: a prompt template file; it must contain {question} and {response} (and may use "
+        "{answer}); the images go before it. null: the MM-RLHF-style default (rlsys/rewards/judge.py): "
+        "critique first, then the score in <score></score>.")
+    samples: int = f(1, "judge: judgements per response, averaged.", ge=1)
+    temperature: float = f(0.0, "judge: sampling temperature (0: greedy; samples > 1 needs > 0).", ge=0.0)
+    max_new_tokens: int = f(96, "judge: token budget of the critique and score.", ge=1)
+    fallback: float = f(0.0, "judge: the score of a judgement with no parsable score (a counted failure).")
+
+
+def component_column(c: RewardComponent) -> str:
+    """The metric column (reward/<column>) and score key of a reward component."""
+    return c.alias or (c.model if c.model is not None else c.name)
 
 
 @dataclass
 class RewardConfig:
     components: list[RewardComponent] = f(
         [RewardComponent("accuracy", 1.0), RewardComponent("r1_format", 0.5)],
-        "Reward functions and their weights; the reward is the weighted sum.")
+        "Rules, reward models and their weights; the reward is the weighted sum.")
     timeout_s: float = f(5.0, "Deadline for one batch of user reward calls (they run concurrently); a call "
                               "unfinished by then scores 0 and is counted.", gt=0.0)
     num_workers: int = f(2, "Worker processes for user reward functions.", ge=1)
-    reward_model: Optional[str] = f(None, "Optional scalar reward model (HF dir or hub id), added with weight `reward_model_weight`.")
-    reward_model_weight: float = f(1.0, "Weight of the reward model's score.")
     max_failure_frac: float = f(0.5, "A step counts as failed for a reward component when more than this fraction of "
                                      "its samples failed (raised, timed out, bad value); 1 turns the check off.",
                                 ge=0.0, le=1.0)
@@ -318,6 +346,27 @@ class SFTConfig:
 
 
 @dataclass
+class TrainRMConfig:
+    """`rlsys train-rm`: Bradley-Terry training of a scalar reward model on preference pairs, on
+    the DeepSpeed learner group (learner.num_ranks, zero_stage, micro_batch_size, grad_clip,
+    weight_decay, backend). The backbone is `model.path` (its LM head dropped) with the critic's
+    value head; the output directory is what `reward.components: [{model: scalar, path: ...}]` takes."""
+
+    data: Optional[str] = f(None, "Preference pairs (required by `rlsys train-rm`): a .jsonl/.json/.parquet file or "
+                            "HF datasets dir in the prompt schema, each row with `chosen` and `rejected` responses "
+                            "and an optional `margin` (rlsys/data/datasets.py).")
+    test: Optional[str] = f(None, "Held-out pairs for pair accuracy; null: `holdout` of `data`.")
+    holdout: float = f(0.1, "Share of `data` held out for pair accuracy when `test` is null.", ge=0.0, le=0.5)
+    epochs: int = f(1, "Passes over the training pairs.", ge=1)
+    max_steps: Optional[int] = f(None, "Stop after this many optimizer steps; null: all epochs.", ge=1)
+    batch_size: int = f(16, "Pairs per optimizer step over all ranks.", ge=1)
+    lr: float = f(1e-4, "Learning rate (constant after warm-up).", gt=0.0)
+    warmup_steps: int = f(0, "Linear learning-rate warm-up steps.", ge=0)
+    output: Optional[str] = f(None, "Directory of the trained RM; null: <run dir>/model, the run dir being "
+                              "<output_dir>/<name>-rm-<timestamp>.")
+
+
+@dataclass
 class RunConfig:
     name: str = f("default", "Run name; the run directory is <output_dir>/<name>-<timestamp>.")
     output_dir: str = f("runs", "Where run directories go.")
@@ -338,6 +387,7 @@ class RunConfig:
     fault: FaultConfig = f(FaultConfig(), "Surviving dead actors.")
     eval: EvalConfig = f(EvalConfig(), "Held-out evaluation.")
     sft: SFTConfig = f(SFTConfig(), "Cold-start supervised fine-tuning (`rlsys sft`).")
+    train_rm: TrainRMConfig = f(TrainRMConfig(), "Reward-model training on preference pairs (`rlsys train-rm`).")
 
     @property
     def advantage_estimator(self) -> str:

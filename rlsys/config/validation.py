@@ -9,7 +9,7 @@ import dataclasses
 import math
 
 from rlsys.plugins import is_spec, spec_problem
-from rlsys.config.schema import ConfigError, RunConfig, SamplingConfig
+from rlsys.config.schema import ConfigError, RunConfig, SamplingConfig, component_column
 
 # Registered estimators whose baseline is the prompt's other samples; they score whole sequences.
 _GROUP_BASELINES = ("grpo", "rloo")
@@ -75,10 +75,9 @@ def validate(cfg: RunConfig) -> None:
     _check_gpu_plan(cfg)
     for where, comps in (("reward.components", cfg.reward.components), ("eval.rewards", cfg.eval.rewards or [])):
         for i, comp in enumerate(comps):
-            problem = _reward_spec_problem(comp.name)
-            if problem:
-                raise ConfigError(f"{where}[{i}].name = {comp.name!r}: {problem}")
+            _check_reward_entry(f"{where}[{i}]", comp)
         _check_reward_columns(where, comps)
+    _check_eval_models(cfg)
     if cfg.eval.rewards == []:
         raise ConfigError("eval.rewards = []: name at least one reward, or null to use reward.components")
     if cfg.eval.n > 1 and cfg.eval.temperature == 0:
@@ -156,6 +155,7 @@ def gpu_plan(cfg: RunConfig) -> list[float]:
         plan += [r.gpus_per_learner] * cfg.critic.num_ranks
     if cfg.algorithm.kl_coef > 0:
         plan.append(r.gpus_reference)
+    plan += [c.gpus for c in cfg.reward.components if c.model is not None for _ in range(c.replicas)]
     return plan
 
 
@@ -179,9 +179,97 @@ def _check_gpu_plan(cfg: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------- rewards
 
-# Metric columns the driver writes itself (reward/mean, reward/failures) or the reward actor
-# adds (reward_model): an alias taking one would overwrite it.
-_RESERVED_REWARD_COLUMNS = ("mean", "failures", "reward_model")
+# Metric columns the driver writes itself (reward/mean, reward/failures, reward/failed/*): an alias taking one
+# would overwrite it.
+_RESERVED_REWARD_COLUMNS = ("mean", "failures", "failed")
+
+
+# Fields only a model entry reads, with the model kinds that read each.
+_MODEL_FIELDS = {"path": ("scalar", "judge"), "replicas": ("scalar", "judge"), "cpus": ("scalar", "judge"),
+                 "gpus": ("scalar", "judge"), "normalize": ("scalar", "judge"), "batch_size": ("scalar",),
+                 "template": ("judge",), "samples": ("judge",), "temperature": ("judge",),
+                 "max_new_tokens": ("judge",), "fallback": ("judge",)}
+
+
+def _check_reward_entry(where: str, comp) -> None:
+    """A rule entry names its function and sets no model field; a model entry sets `path`, no
+    `name`, and only the fields its kind reads; a local path or template that cannot be used
+    fails here, before any actor starts."""
+    from rlsys.config.schema import RewardComponent
+
+    default = RewardComponent()
+    kind = comp.model
+    for fld, kinds in _MODEL_FIELDS.items():
+        if getattr(comp, fld) != getattr(default, fld) and kind not in kinds:
+            whom = f"model: {kind}" if kind else "model entries"
+            allowed = " / ".join(kinds)
+            raise ConfigError(f"{where}.{fld} = {getattr(comp, fld)!r}: only {allowed} entries read it "
+                              f"({'this is a rule entry' if kind is None else whom + ' ignores it'})")
+    if kind is None:
+        if comp.name is None:
+            raise ConfigError(f"{where}.name = null: a rule entry names its reward (or set model: scalar | judge)")
+        problem = _reward_spec_problem(comp.name)
+        if problem:
+            raise ConfigError(f"{where}.name = {comp.name!r}: {problem}")
+        return
+    if comp.name is not None and comp.name != default.name:
+        raise ConfigError(f"{where}.name = {comp.name!r}: a model entry has no rule name (set name: null; "
+                          "alias names its column)")
+    if not comp.path:
+        raise ConfigError(f"{where}.path = null: a {kind} entry needs its checkpoint")
+    problem = _model_path_problem(kind, comp.path)
+    if problem:
+        raise ConfigError(f"{where}.path = {comp.path!r}: {problem}")
+    if kind == "judge":
+        from rlsys.rewards.judge import check_template
+
+        problem = check_template(comp.template)
+        if problem:
+            raise ConfigError(f"{where}.template = {comp.template!r}: {problem}")
+        if comp.samples > 1 and comp.temperature == 0:
+            raise ConfigError(f"{where}.samples = {comp.samples} with temperature = 0: greedy judgements are "
+                              "identical; set temperature > 0 or samples = 1")
+
+
+def _model_path_problem(kind: str, path: str) -> str | None:
+    """What is wrong with a reward model path that can be told without loading it: a local
+    directory that is missing or holds no model. A hub id (org/name, not on disk) is left to the
+    loader."""
+    import os
+
+    if kind == "judge" and path == "policy":
+        return None
+    local = os.path.expanduser(path)
+    looks_local = path.startswith((".", "/", "~")) or os.path.exists(local) or path.count("/") != 1
+    if not looks_local:
+        return None
+    if not os.path.isdir(local):
+        return "no such directory (a reward model is a checkpoint directory or a hub id org/name)"
+    if not os.path.exists(os.path.join(local, "config.json")):
+        return "not a model directory (no config.json)"
+    if kind == "scalar" and not os.path.exists(os.path.join(local, "rlsys_rm.json")):
+        import json
+
+        with open(os.path.join(local, "config.json")) as fh:
+            archs = json.load(fh).get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            return ("neither an `rlsys train-rm` output (rlsys_rm.json) nor a sequence-classification "
+                    f"checkpoint (architectures {archs})")
+    return None
+
+
+def _check_eval_models(cfg: RunConfig) -> None:
+    """A model entry in eval.rewards reuses the training run's replicas of that model: it must be
+    a reward.components model entry (same column, kind and path)."""
+    train = {component_column(c): c for c in cfg.reward.components if c.model is not None}
+    for i, comp in enumerate(cfg.eval.rewards or []):
+        if comp.model is None:
+            continue
+        column = component_column(comp)
+        match = train.get(column)
+        if match is None or (match.model, match.path) != (comp.model, comp.path):
+            raise ConfigError(f"eval.rewards[{i}].model = {comp.model!r}: evaluation scores with the run's own "
+                              f"reward models; add it to reward.components (column {column!r}, same path)")
 
 
 def _check_reward_columns(where: str, comps) -> None:
@@ -195,9 +283,9 @@ def _check_reward_columns(where: str, comps) -> None:
             if comp.alias in _RESERVED_REWARD_COLUMNS:
                 raise ConfigError(f"{where}[{i}].alias = {comp.alias!r}: reward/{comp.alias} is a column of its "
                                   f"own; reserved: {', '.join(_RESERVED_REWARD_COLUMNS)}")
-        column = comp.alias or comp.name
+        column = component_column(comp)
         if column in seen:
-            field = "alias" if comp.alias else "name"
+            field = "alias" if comp.alias else ("model" if comp.model else "name")
             raise ConfigError(f"{where}[{i}].{field} = {column!r}: {where}[{seen[column]}] already names this "
                               "column; set a distinct alias")
         seen[column] = i

@@ -26,13 +26,24 @@ each row also carries its target response, Prompt.response, taken from
             before it are the prompt.
 A row with neither (or both) is a bad row (field `response`); an empty response too.
 
+Preference pairs (reward-model training, `rlsys train-rm`: load_prompts(..., pairs=True)): each
+row is a prompt as above plus
+  chosen    str: the preferred response (non-empty).
+  rejected  str: the other response (non-empty).
+  margin    number (int or float, finite): how much more `chosen` is preferred. Optional,
+            default 0.
+A row missing `chosen` or `rejected`, with an empty one or one that is not a string, or a
+margin that is not a finite number (a bool is not a number), is a bad row naming that field.
+LoadResult.pairs then holds one rlsys.protocol.PreferencePair per good row (LoadResult.prompts
+their prompts, in the same order); the three columns do not go into metadata.
+
 Formats, chosen by path: *.jsonl (one JSON object per line), *.json (a JSON array of rows,
 else JSONL), *.parquet, or a directory written by `datasets.Dataset.save_to_disk` (a
 DatasetDict needs `split`, unless it holds one split).
 
 Validation: a row with invalid JSON, a missing image file, corrupt image bytes, invalid
 base64, an empty prompt, a prompt over `max_prompt_tokens`, a duplicate id, a column of the
-wrong type, or (demonstrations) a missing or empty response raises DataError("<file>: line <n>: <field>: <reason>") (JSONL: the 1-based line;
+wrong type, (demonstrations) a missing or empty response, or (pairs) a bad chosen/rejected/margin raises DataError("<file>: line <n>: <field>: <reason>") (JSONL: the 1-based line;
 Parquet, JSON arrays and HF datasets: "row <i>", 0-based), or with on_bad_row="skip" is logged
 (logging.warning, same message), counted and returned in LoadResult.skipped.
 """
@@ -55,11 +66,12 @@ from rlsys.data.media import (
 from rlsys.data.templates import (
     build_messages, count_image_parts, prompt_text, text_to_parts, with_system_prompt,
 )
-from rlsys.protocol import Prompt
+from rlsys.protocol import PreferencePair, Prompt
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_COLUMNS = ("messages", "prompt", "images", "image", "answer", "metadata", "id")
+PAIR_COLUMNS = ("chosen", "rejected", "margin")
 
 
 @dataclass
@@ -89,6 +101,7 @@ class LoadResult:
     source: str = ""
     num_rows: int = 0  # rows read, good and skipped
     media: MediaCache = field(default_factory=MediaCache)
+    pairs: list[PreferencePair] = field(default_factory=list)  # pairs=True: one per good row
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -113,6 +126,7 @@ class _Ctx:
     max_prompt_tokens: Optional[int] = None
     count_tokens: Optional[Callable[[Prompt], int]] = None
     demonstrations: bool = False
+    pairs: bool = False
 
 
 # ---- one row -> Prompt -------------------------------------------------------------------------
@@ -241,6 +255,29 @@ def _nonempty(text: str, field_name: str) -> str:
     return text
 
 
+def _pair_fields(raw: dict) -> tuple[str, str, float]:
+    """(chosen, rejected, margin) of a preference-pair row, checked before the prompt (cheap)."""
+    texts = []
+    for name in ("chosen", "rejected"):
+        value = raw.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise DataError(f"missing: a preference pair row needs '{name}'", field=name)
+        texts.append(_nonempty(_expect(value, str, name, "a string"), name))
+    margin = raw.get("margin")
+    if margin is None or (isinstance(margin, float) and math.isnan(margin)):
+        return texts[0], texts[1], 0.0
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise DataError(f"expected a finite number, got {margin!r}", field="margin")
+    return texts[0], texts[1], float(margin)
+
+
+def _row_to_pair(raw: Any, i: int, ctx: _Ctx) -> PreferencePair:
+    if not isinstance(raw, dict):
+        raise DataError(f"expected a JSON object / record, got {type(raw).__name__}")
+    chosen, rejected, margin = _pair_fields(raw)
+    return PreferencePair(_row_to_prompt(raw, i, ctx), chosen, rejected, margin)
+
+
 def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
     if not isinstance(raw, dict):
         raise DataError(f"expected a JSON object / record, got {type(raw).__name__}")
@@ -265,7 +302,7 @@ def _row_to_prompt(raw: Any, i: int, ctx: _Ctx) -> Prompt:
             raise e.located(field=where) from e
     for key, value in raw.items():  # extra columns reach reward functions via metadata
         if key not in SCHEMA_COLUMNS and not isinstance(value, (bytes, bytearray)) and \
-                not (ctx.demonstrations and key == "response"):
+                not (ctx.demonstrations and key == "response") and not (ctx.pairs and key in PAIR_COLUMNS):
             metadata.setdefault(key, value)
     prompt = Prompt(uid=uid, messages=messages, images=images, answer=answer, metadata=metadata,
                     response=response)
@@ -299,6 +336,7 @@ def load_prompts(
     split: Optional[str] = None,
     cache: Optional[MediaCache] = None,
     demonstrations: bool = False,
+    pairs: bool = False,
 ) -> LoadResult:
     """Load and validate a prompt dataset (schema: module docstring).
 
@@ -311,9 +349,13 @@ def load_prompts(
     cache:         share one MediaCache across loads (e.g. train and test) to dedupe across them.
     demonstrations: SFT rows: each Prompt gets its target in `response` (schema: module
                    docstring); a row without one is a bad row.
+    pairs:         preference pairs (schema: module docstring): LoadResult.pairs gets one
+                   PreferencePair per good row.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if demonstrations and pairs:
+        raise ValueError("load_prompts: demonstrations and pairs are different schemas; ask for one")
     src = str(path)
     p = Path(path)
     ctx = _Ctx(stem=p.stem if p.is_file() else p.name, base_dir=p.parent if p.is_file() else p,
@@ -321,7 +363,7 @@ def load_prompts(
                min_pixels=min_pixels, max_pixels=max_pixels, factor=factor,
                max_prompt_tokens=max_prompt_tokens,
                count_tokens=count_tokens or (lambda pr: approx_prompt_tokens(pr, factor)),
-               demonstrations=demonstrations)
+               demonstrations=demonstrations, pairs=pairs)
     result = LoadResult(prompts=[], skipped=[], source=src, media=ctx.cache)
     lines = is_jsonl(p)
     first_row_of: dict[str, int] = {}
@@ -330,7 +372,8 @@ def load_prompts(
         try:
             if isinstance(raw, DataError):
                 raise raw
-            prompt = _row_to_prompt(raw, i, ctx)
+            pair = _row_to_pair(raw, i, ctx) if pairs else None
+            prompt = pair.prompt if pair is not None else _row_to_prompt(raw, i, ctx)
             if prompt.uid in first_row_of:
                 first = first_row_of[prompt.uid]
                 first = f"line {first + 1}" if lines else f"row {first}"
@@ -344,6 +387,8 @@ def load_prompts(
             continue
         first_row_of[prompt.uid] = i
         result.prompts.append(prompt)
+        if pair is not None:
+            result.pairs.append(pair)
     if result.skipped:
         logger.warning("%s: skipped %d of %d rows", src, len(result.skipped), result.num_rows)
     return result

@@ -109,6 +109,40 @@ class RewardClient:
         return wait(Pending([self.actor.score_eval.remote(groups)], lambda parts: parts[0]))[0]
 
 
+class RewardModelPool:
+    """The replicas of one reward model (a scalar RM or a judge, actors/reward_model.py and
+    actors/judge.py); each scoring call goes to the replica with the fewest groups outstanding,
+    so a slow model spreads over its replicas and never holds up another role's calls.
+
+    name / weight / normalize: the component's column, weight and batch standardisation.
+    """
+
+    def __init__(self, name: str, weight: float, normalize: bool, actors: list):
+        self.name, self.weight, self.normalize = name, weight, normalize
+        self.actors = actors
+        self.outstanding = [0] * len(actors)
+
+    def score_async(self, groups: list[RolloutGroup]) -> Pending:
+        """-> Pending of the groups' ModelScores, in order."""
+        i = min(range(len(self.actors)), key=lambda k: (self.outstanding[k], k))
+        self.outstanding[i] += len(groups)
+
+        def done(parts):
+            self.outstanding[i] -= len(groups)
+            return parts[0]
+
+        return Pending([self.actors[i].score.remote(groups)], done)
+
+    def replica_of(self, dead_id: str) -> int | None:
+        """Index of the replica with actor id `dead_id`, else None."""
+        from rlsys.distributed.recovery import actor_id
+
+        for i, a in enumerate(self.actors):
+            if actor_id(a) == dead_id:
+                return i
+        return None
+
+
 class ReferenceClient:
     def __init__(self, actor):
         self.actor = actor

@@ -21,6 +21,7 @@ class RolePlan:
     critics: list[int] = field(default_factory=list)
     reference: int | None = None
     reward: int | None = None
+    reward_models: list[list[int]] = field(default_factory=list)  # per model entry, per replica
 
     def add(self, resources: dict[str, float]) -> int:
         self.bundles.append({k: v for k, v in resources.items() if v > 0})
@@ -44,6 +45,9 @@ def plan_roles(cfg: RunConfig, needs_reference: bool, training: bool = True) -> 
     if needs_reference:
         plan.reference = plan.add({"CPU": res.cpus_reference, "GPU": res.gpus_reference})
     plan.reward = plan.add({"CPU": res.cpus_reward})
+    for comp in cfg.reward.components:
+        if comp.model is not None:
+            plan.reward_models.append([plan.add({"CPU": comp.cpus, "GPU": comp.gpus}) for _ in range(comp.replicas)])
     return plan
 
 
@@ -72,6 +76,9 @@ def bundle_roles(plan: RolePlan) -> list[str]:
         for i in indices:
             if i is not None:
                 names[i] = role
+    for replicas in plan.reward_models:
+        for i in replicas:
+            names[i] = "reward model"
     return names
 
 

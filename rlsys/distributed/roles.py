@@ -30,6 +30,7 @@ class Roles:
     train_sampling: SamplingSpec
     eval_sampling: SamplingSpec
     placement_group: Any = None
+    reward_models: list = field(default_factory=list)  # a RewardModelPool per model entry of reward.components
     recovery: Optional[Recovery] = None  # None: a dead actor ends the run
     pump: StreamPump = field(default_factory=StreamPump)
     media: MediaStore = field(default_factory=MediaStore)  # each image once in the object store
@@ -73,10 +74,17 @@ class Roles:
         dead = dead_actor_id(err)
         if dead == actor_id(self.reward.actor):
             (self.reward.actor,) = self.recovery.restart("reward")
-        elif self.reference is not None and dead == actor_id(self.reference.actor):
+            return
+        if self.reference is not None and dead == actor_id(self.reference.actor):
             (self.reference.actor,) = self.recovery.restart("reference")
-        else:  # a critic rank: the training state is gone
-            raise LearnerDied(f"a critic rank died: {err}")
+            return
+        for pool in self.reward_models:
+            i = pool.replica_of(dead)
+            if i is not None:
+                (pool.actors[i],) = self.recovery.restart(f"reward_model/{pool.name}", i)
+                pool.outstanding[i] = 0
+                return
+        raise LearnerDied(f"a critic rank died: {err}")  # a critic rank: the training state is gone
 
     def dead_engines(self) -> list[int]:
         """Engines whose process is gone (a busy live engine is waited for, not counted)."""
@@ -110,16 +118,28 @@ class Roles:
                     self.restart_engine(i)
 
     def evaluate(self, prompts: list[Prompt], sampling: SamplingSpec) -> tuple[list[RolloutGroup], list[RewardResult]]:
-        """Held-out groups and their evaluation scores; a dead reward actor is restarted and
-        the scoring repeated (evaluation rewards are pure, so a repeat scores the same)."""
+        """Held-out groups and their evaluation scores: the rule entries of the evaluation
+        rewards from the reward actor, then each model entry from the run's replicas of that
+        model (in eval.rewards order). A dead scorer is restarted and the scoring repeated."""
+        from rlsys.rewards.combine import with_model_scores
+        from rlsys.specs import component_column
+
         groups = self.generate(prompts, sampling)
+        entries = self.cfg.eval.rewards if self.cfg.eval.rewards is not None else self.cfg.reward.components
+        pools = {p.name: p for p in self.reward_models}
+        models = [(pools[component_column(c)], c.weight) for c in entries if c.model is not None]
         while True:
             try:
-                return groups, self.reward.score_eval(groups)
+                rules = self.reward.score_eval(groups)
+                scores = wait(*[pool.score_async(groups) for pool, _ in models]) if models else ()
+                break
             except Exception as err:
                 if self.recovery is None or not is_actor_death(err):
                     raise
                 self.scorer_died(err)
+        for (pool, weight), per_group in zip(models, scores):
+            rules = [with_model_scores(r, pool.name, weight, s) for r, s in zip(rules, per_group)]
+        return groups, rules
 
     def resume_batch(self, replayed: list[ScoredGroup], generated: list[ScoredGroup]) -> InFlightBatch:
         """A batch a checkpoint carried in flight, already generated and scored."""
@@ -227,6 +247,7 @@ class Roles:
 
         actors = list(self.rollout.actors) + [self.reward.actor] + list(self.learner.actors)
         actors += [self.reference.actor] if self.reference else []
+        actors += [a for pool in self.reward_models for a in pool.actors]
         actors += list(self.critic.actors) if self.critic else []
         for a in actors:
             ray.kill(a)

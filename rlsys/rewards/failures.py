@@ -19,15 +19,18 @@ class FailureGuard:
     max_failure_frac: a step is failed for a component when more than this fraction of its
                       samples failed for it (1.0 never counts a step as failed).
     max_failed_steps: consecutive failed steps of one component that raise.
+    exempt:           components whose failures are counted but never stop the run (a judge's
+                      unparsable outputs: they get the judge's configured fallback).
     """
 
-    def __init__(self, max_failure_frac: float = 0.5, max_failed_steps: int = 3) -> None:
+    def __init__(self, max_failure_frac: float = 0.5, max_failed_steps: int = 3, exempt: tuple = ()) -> None:
         if not 0.0 <= max_failure_frac <= 1.0:
             raise ValueError(f"max_failure_frac = {max_failure_frac}: must be between 0 and 1")
         if max_failed_steps < 1:
             raise ValueError(f"max_failed_steps = {max_failed_steps}: must be >= 1")
         self.max_failure_frac = float(max_failure_frac)
         self.max_failed_steps = int(max_failed_steps)
+        self.exempt = frozenset(exempt)
         self.streak: dict[str, int] = {}  # component -> consecutive failed steps so far
 
     def observe(self, results: list[RewardResult]) -> None:
@@ -38,6 +41,8 @@ class FailureGuard:
         first: dict[str, RewardResult.Failure] = {}
         for result in results:
             for name, count in result.component_failures.items():
+                if name in self.exempt:
+                    continue
                 failed[name] = failed.get(name, 0) + count
                 if name in result.first_failure:
                     first.setdefault(name, result.first_failure[name])

@@ -42,7 +42,7 @@ def test_alias_parses_and_names_the_scorer_component():
     ("[{name: accuracy, weight: 1.0}, {name: r1_format, weight: 0.5, alias: accuracy}]",
      "reward.components[1].alias = 'accuracy': reward.components[0] already names this column; set a distinct alias"),
     ("[{name: accuracy, weight: 1.0, alias: mean}]",
-     "reward.components[0].alias = 'mean': reward/mean is a column of its own; reserved: mean, failures, reward_model"),
+     "reward.components[0].alias = 'mean': reward/mean is a column of its own; reserved: mean, failures, failed"),
     ("[{name: accuracy, weight: 1.0, alias: 'a/b'}]",
      "reward.components[0].alias = 'a/b': must be a non-empty name without surrounding spaces or '/'"),
     ("[{name: accuracy, weight: 1.0, alias: ''}]",
@@ -59,7 +59,7 @@ def test_config_reference_lists_the_reward_forms(capsys):
 
     assert main(["config", "reference"]) == 0
     out = capsys.readouterr().out
-    name_doc = next(line for line in out.splitlines() if line.strip().startswith("#   name: The reward"))
+    name_doc = next(line for line in out.splitlines() if line.strip().startswith("#   name: A rule reward"))
     for form in ("accuracy", "r1_format", "'path/file.py:function'", "'package.module:function'",
                  "http(s) URL", "'remote' factory",
                  "fn(response, answer, metadata) -> float", "fn(sample) -> float", "fn(samples) -> list[float]",
