@@ -5,9 +5,11 @@ the ONLY reward (no rule verifier), held-out accuracy measured by the rule verif
 Writes docs/results/reward_models.md.
 
     python bench/reward_models.py [SEED ...]     # default seeds 0 1 2; about 45 minutes here
+    python bench/reward_models.py --report       # the results page again from the last run's records
 
 Every step is an `rlsys` command (printed, and listed in the results) except the data files,
-which `python bench/reward_models.py --data-only DIR` writes alone.
+which `python bench/reward_models.py --data-only DIR` writes alone. Work files go to
+$RLSYS_BENCH_DIR (default /tmp/rlsys-bench-rm); `summary.json` there keeps the figures.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ RLSYS = [sys.executable, "-m", "launch.cli"]
 # Recipes (the figures below come from them).
 RM_TRAIN = ["train_rm.epochs=2", "train_rm.batch_size=16", "train_rm.lr=5e-4", "train_rm.warmup_steps=10"]
 JUDGE_SFT = ["sft.epochs=2", "sft.batch_size=16", "sft.lr=1e-3", "sft.warmup_steps=10"]
-RL = ["total_steps=30", "eval.rewards=[{name: accuracy}]"]
+RL = ["total_steps=30", "eval.rewards=[{name: accuracy}]", "logging.progress_bar=false"]
 
 
 def make_data(work: Path, seed: int = 0) -> dict[str, Path]:
@@ -63,19 +65,23 @@ def judge_pair_accuracy(judge_dir: Path, pairs_path: Path, limit: int = 128) -> 
     """Held-out pair accuracy of the judge: its score of `chosen` above that of `rejected`
     (ties count half), greedy, in-process (rlsys/rewards/judge.py JudgeModel)."""
     from rlsys.config import load_config
-    from rlsys.data.datasets import load_pairs
+    from rlsys.data.datasets import load_prompts
+    from rlsys.data.templates import R1_SYSTEM_PROMPT
     from rlsys.protocol import Rollout, RolloutGroup
     from rlsys.rewards.judge import load_template
     from rlsys.rewards.judge_model import JudgeModel
     from rlsys.specs import JudgeSpec, engine_spec
 
     cfg = load_config(None)
-    pairs = load_pairs(str(pairs_path), max_prompt_tokens=cfg.model.max_prompt_tokens).pairs[:limit]
+    pairs = load_prompts(pairs_path, pairs=True, system_prompt=R1_SYSTEM_PROMPT).pairs[:limit]
     spec = JudgeSpec(engine=engine_spec(cfg, str(judge_dir)), template=load_template(None), max_new_tokens=96)
     judge = JudgeModel(spec)
     groups = [RolloutGroup(p.prompt, [Rollout([], [], p.chosen, [], "stop", 0), Rollout([], [], p.rejected, [], "stop", 0)])
               for p in pairs]
     scores = judge.score_groups(groups)
+    judge.shutdown()
+    for s in scores[:3]:
+        print("judge:", s.texts)
     wins = [1.0 if s.scores[0] > s.scores[1] else 0.5 if s.scores[0] == s.scores[1] else 0.0 for s in scores]
     return sum(wins) / len(wins)
 
@@ -92,12 +98,37 @@ def rl_run(seed: int, reward_yaml: str, work: Path, tag: str) -> dict:
             "after": summary["eval_after"]["accuracy"], "seconds": seconds, "run": str(run)}
 
 
+def reward_hacking(run: str, column: str, last: int = 10) -> dict:
+    """Over the run's last `last` steps of sampled responses (the rollout Parquet): the share the
+    rule verifier accepts, and the model's mean score of those it accepts and of those it does
+    not (a model that scores wrong answers like right ones is being gamed)."""
+    import pyarrow.parquet as pq
+
+    from rlsys.rewards import accuracy
+
+    rows = pq.read_table(Path(run) / "rollouts").to_pylist()
+    end = max(r["step"] for r in rows)
+    rows = [r for r in rows if r["step"] > end - last]
+    right = [accuracy(r["response_text"], r["answer"], {}) == 1.0 for r in rows]
+    score = [dict(r["reward_components"])[column] for r in rows]
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {"sampled_accuracy": mean([float(x) for x in right]),
+            "score_right": mean([s for s, ok in zip(score, right) if ok]),
+            "score_wrong": mean([s for s, ok in zip(score, right) if not ok])}
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--data-only"]:
         print(json.dumps({k: str(v) for k, v in make_data(Path(argv[1])).items()}))
         return 0
-    seeds = [int(s) for s in argv] or [0, 1, 2]
     work = Path(os.environ.get("RLSYS_BENCH_DIR", "/tmp/rlsys-bench-rm")).resolve()
+    if argv[:1] == ["--report"]:
+        write_results(**json.loads((work / "summary.json").read_text()))
+        return 0
+    seeds = [int(s) for s in argv] or [0, 1, 2]
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = make_data(work)
@@ -125,7 +156,10 @@ def main(argv: list[str]) -> int:
                            ("judge", f"    - {{name: null, model: judge, path: {judge_dir}, weight: 1.0}}\n")):
             rows.append(rl_run(seed, entry, work, tag))
             print(json.dumps(rows[-1]), flush=True)
-    write_results(rows, rm_info, judge_acc, built, seeds, time.perf_counter() - t0)
+    summary = {"rows": rows, "rm_info": rm_info, "judge_acc": judge_acc, "built": built, "seeds": seeds,
+               "seconds": time.perf_counter() - t0}
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_results(**summary)
     return 0
 
 
@@ -150,9 +184,17 @@ def write_results(rows, rm_info, judge_acc, built, seeds, seconds) -> None:
         "## GRPO with each model as the only reward", "",
         f"`{cmd(['train', *RL])}` with `reward.components` = the one model entry; held-out accuracy "
         "(128 prompts, greedy) scored by the rule verifier `accuracy`, which the run does not train on.", "",
-        "| reward | seed | held-out accuracy before → after | run (incl. both evaluations) |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['seed']} | {r['before']:.3f} → {r['after']:.3f} "
-              f"({100 * (r['after'] - r['before']):+.1f} points) | {r['seconds'] / 60:.1f} min |" for r in rows]
+        "The last columns read the run's rollout Parquet over steps 21-30: how often the sampled responses "
+        "are right by the verifier, and the model's mean score of right and of wrong ones (scalar: raw "
+        "head output; judge: 0-10). Where a wrong response scores like a right one, the policy games the "
+        "model instead of learning the task.", "",
+        "| reward | seed | held-out accuracy before → after | run (incl. both evaluations) | sampled accuracy, "
+        "steps 21-30 | model score of right / wrong responses |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        h = reward_hacking(r["run"], r["model"])
+        lines.append(f"| {r['model']} | {r['seed']} | {r['before']:.3f} → {r['after']:.3f} "
+                     f"({100 * (r['after'] - r['before']):+.1f} points) | {r['seconds'] / 60:.1f} min | "
+                     f"{h['sampled_accuracy']:.3f} | {h['score_right']:.2f} / {h['score_wrong']:.2f} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")
     print(OUT)

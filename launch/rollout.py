@@ -66,6 +66,11 @@ def rollout_cli(cfg: RunConfig, max_prompts: Optional[int]) -> int:
     from rlsys.distributed.placement import PlacementError
 
     t0 = time.perf_counter()
+    models = [c for c in cfg.reward.components if c.model is not None]
+    if models:  # said, not silently left out: the recording's rewards are the rules' only
+        print(f"[rlsys] rollout records the rule rewards only; the {len(models)} reward model(s) of "
+              "reward.components run in `rlsys train`, which re-scores replayed groups with all its rewards",
+              flush=True)
     try:
         run_dir = record_rollouts(cfg, max_prompts)
     except PlacementError as err:

@@ -237,11 +237,17 @@ def engine_spec(cfg: RunConfig, model_path: str) -> EngineSpec:
 
 def reward_components(components) -> tuple[tuple, ...]:
     """The rule entries of config reward components (rlsys/config/schema.py RewardComponent) as
-    scorer components: (name, weight), or (name, weight, (("name", alias),)) when an alias names
-    the column (options as pairs, not a dict, so the frozen spec stays hashable). Model entries
+    scorer components: (name, weight), or (name, weight, options) with options as pairs (not a
+    dict, so the frozen spec stays hashable): ("name", alias) when an alias names the column,
+    ("send_inputs", True) for a URL entry that sends prompts and images. Model entries
     are roles of their own (`reward_model_roles`)."""
-    return tuple((c.name, c.weight, (("name", c.alias),)) if c.alias else (c.name, c.weight)
-                 for c in components if c.model is None)
+    out = []
+    for c in components:
+        if c.model is not None:
+            continue
+        options = ((("name", c.alias),) if c.alias else ()) + ((("send_inputs", True),) if c.send_inputs else ())
+        out.append((c.name, c.weight, options) if options else (c.name, c.weight))
+    return tuple(out)
 
 
 def reward_spec(cfg: RunConfig) -> RewardSpec:
@@ -254,21 +260,24 @@ def reward_spec(cfg: RunConfig) -> RewardSpec:
 
 def reward_model_roles(cfg: RunConfig, policy_path: str) -> tuple[RewardModelRole, ...]:
     """The model entries of reward.components as roles. `policy_path`: the resolved initial policy
-    (what a judge path 'policy' serves). Judge templates are read here (validation checked them)."""
+    (a judge path 'reference' serves the reference model: reference.path, else this). Judge
+    templates are read here (validation checked them)."""
     from rlsys.rewards.judge import load_template
 
     out = []
     for c in cfg.reward.components:
         if c.model is None:
             continue
-        path = policy_path if c.path == "policy" else c.path
+        path = (cfg.reference.path or policy_path) if c.path == "reference" else c.path
         if c.model == "scalar":
             spec = ScalarRMSpec(model_path=path, dtype=cfg.model.dtype, batch_size=c.batch_size,
                                 max_length=cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens,
                                 trust_remote_code=cfg.model.trust_remote_code)
         else:
-            engine = dataclasses.replace(engine_spec(cfg, path), max_model_len=cfg.rollout.max_model_len
-                                         + cfg.rollout.max_new_tokens + c.max_new_tokens)
+            # Its own devices: tensor-parallel over its replica's GPUs (1 on CPU), not the policy's TP.
+            engine = dataclasses.replace(engine_spec(cfg, path), tensor_parallel_size=max(1, int(c.gpus)),
+                                         max_model_len=cfg.rollout.max_model_len + cfg.rollout.max_new_tokens
+                                         + c.max_new_tokens)
             spec = JudgeSpec(engine=engine, template=load_template(c.template), samples=c.samples, temperature=c.temperature,
                              max_new_tokens=c.max_new_tokens, fallback=c.fallback, seed=cfg.seed)
         out.append(RewardModelRole(component_column(c), c.weight, c.normalize, c.replicas, c.cpus, c.gpus, spec))

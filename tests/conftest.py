@@ -45,3 +45,22 @@ def task_data(tmp_path_factory):
     from rlsys.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("data"), 64, 8, seed=0, families=["count_color"])
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tiny_model_dir, tmp_path_factory):
+    """A scalar RM in rlsys's format (rlsys/rewards/scalar_rm.py): the tiny model as backbone
+    with a seeded random value head, so different samples score differently."""
+    import json
+    import shutil
+
+    import torch
+
+    from rlsys.critic import save_value_head
+    from rlsys.rewards.scalar_rm import RM_FORMAT, RM_INFO_FILE, RM_VERSION
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    shutil.copytree(tiny_model_dir, out)
+    save_value_head(torch.randn(1, 64, generator=torch.Generator().manual_seed(0)), torch.zeros(1), out)
+    (out / RM_INFO_FILE).write_text(json.dumps({"format": RM_FORMAT, "version": RM_VERSION, "base": "tiny"}))
+    return out

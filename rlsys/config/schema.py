@@ -118,6 +118,9 @@ class RewardComponent:
     weight: float = f(1.0, "Weight in the combined reward.")
     alias: Optional[str] = f(None, "Name of the component's metric column (reward/<alias>) and score key; "
                              "null: `name` (a model entry: `model`). Needed to use one reward twice.")
+    send_inputs: bool = f(False, "URL entries: also send each sample's prompt messages and images (base64 "
+                          "PNG) to the service, as a remote reward model needs (rlsys/rewards/remote.py; "
+                          "examples/remote_rm/serve_rm.py serves an `rlsys train-rm` model so).")
     model: Optional[Literal["scalar", "judge"]] = f(
         None, "A reward model instead of a rule (set `name: null`), run as its own Ray actor group: 'scalar' "
         "scores (image, prompt, response) with a scalar head (rlsys/rewards/scalar_rm.py); 'judge' is a vLLM "
@@ -126,8 +129,8 @@ class RewardComponent:
     path: Optional[str] = f(
         None, "Model entries (required): the checkpoint. scalar: an `rlsys train-rm` output directory "
         "(VLM + value head) or a HF sequence-classification directory / hub id (text only). judge: a "
-        "(VL)M directory or hub id, e.g. an `rlsys sft` output; 'policy' serves the run's initial policy "
-        "(the reference model's weights).")
+        "(VL)M directory or hub id, e.g. an `rlsys sft` output; 'reference' serves the reference model's "
+        "weights (`reference.path`, else the initial policy).")
     replicas: int = f(1, "Model entries: actors serving the model; groups go to the least busy one.", ge=1)
     cpus: float = f(0.5, "Model entries: CPUs per replica.", gt=0.0)
     gpus: float = f(0.0, "Model entries: GPUs per replica.", ge=0.0)

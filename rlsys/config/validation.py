@@ -205,6 +205,8 @@ def _check_reward_entry(where: str, comp) -> None:
             allowed = " / ".join(kinds)
             raise ConfigError(f"{where}.{fld} = {getattr(comp, fld)!r}: only {allowed} entries read it "
                               f"({'this is a rule entry' if kind is None else whom + ' ignores it'})")
+    if comp.send_inputs and not (kind is None and (comp.name or "").startswith(("http://", "https://"))):
+        raise ConfigError(f"{where}.send_inputs = true: only URL entries (name: http(s)://...) send inputs")
     if kind is None:
         if comp.name is None:
             raise ConfigError(f"{where}.name = null: a rule entry names its reward (or set model: scalar | judge)")
@@ -226,6 +228,9 @@ def _check_reward_entry(where: str, comp) -> None:
         problem = check_template(comp.template)
         if problem:
             raise ConfigError(f"{where}.template = {comp.template!r}: {problem}")
+        if comp.gpus > 0 and comp.gpus != int(comp.gpus):
+            raise ConfigError(f"{where}.gpus = {comp.gpus}: a judge replica is a vLLM engine, tensor-parallel "
+                              "over whole GPUs (0 on CPU, else 1, 2, ...)")
         if comp.samples > 1 and comp.temperature == 0:
             raise ConfigError(f"{where}.samples = {comp.samples} with temperature = 0: greedy judgements are "
                               "identical; set temperature > 0 or samples = 1")
@@ -237,7 +242,7 @@ def _model_path_problem(kind: str, path: str) -> str | None:
     loader."""
     import os
 
-    if kind == "judge" and path == "policy":
+    if kind == "judge" and path == "reference":
         return None
     local = os.path.expanduser(path)
     looks_local = path.startswith((".", "/", "~")) or os.path.exists(local) or path.count("/") != 1

@@ -3,11 +3,12 @@ and critique demonstrations for a judge built with `rlsys sft` (no Ray, no torch
 
 Every response below is one the warm-started policy can write (rlsys/models/warmstart.py):
 
-  look_right   the perception demonstration: each cell named, then the correct answer;
+  look_right   the look-mode demonstration (synthetic.demonstration, what the warm start learned
+               to write when it looks: "red 2, blue 1. Most often: red."), the right answer;
   guess_right  "<think>I will guess.</think>" and, by luck, the right answer;
   guess_wrong  a guess with a wrong answer;
-  look_wrong   a perception of a wrong scene (some objects' attribute changed so the answer
-               changes), concluded consistently: wrong, and only the image shows it;
+  look_wrong   the same reasoning about a wrong scene (some objects' colour / shape changed so
+               the answer changes), concluded consistently: wrong, and only the image shows it;
   malformed    no R1 format (a bare answer, or an unclosed think block).
 
 A pair prefers a right response (look or guess) to a wrong one; the wrong one is look_wrong,
@@ -75,17 +76,18 @@ def response_of(kind: str, prompt: Prompt, answers: Sequence[str], rng: np.rando
     """A response of `kind` (module docstring) to a synthetic prompt; -> (response, the answer it
     gives or "" when it gives none). `answers`: the task's answers, for wrong guesses. A
     look_wrong that cannot be drawn falls back to guess_wrong."""
-    from rlsys.models.warmstart import guess_demonstration, perception_demonstration
+    from rlsys.data.synthetic import demonstration
+    from rlsys.models.warmstart import guess_demonstration
 
     meta = _meta(prompt)
     if kind == "look_right":
-        return perception_demonstration({"metadata": meta}), _solve(meta)
+        return demonstration({"metadata": meta}), _solve(meta)
     if kind == "guess_right":
         return guess_demonstration(_solve(meta)), _solve(meta)
     if kind == "look_wrong":
         scene = _wrong_scene(meta, rng)
         if scene is not None:
-            return perception_demonstration({"metadata": scene}), _solve(scene)
+            return demonstration({"metadata": scene}), _solve(scene)
         kind = "guess_wrong"
     if kind == "guess_wrong":
         given = _other_answer(meta, answers, rng)
@@ -113,8 +115,9 @@ def preference_pairs(prompts: Sequence[Prompt], seed: int) -> list[dict]:
 
 
 def critique(prompt: Prompt, given: str, right: bool) -> str:
-    """The judge's target: what it sees, the answer, what the response answered, the verdict,
-    then the score tag. e.g. "red, empty, blue, red. red 2, blue 1. Most often: red. The
+    """The judge's target: what it sees (cell by cell, as the perception demonstration, which the
+    tiny model learns to read from pixels), the answer, what the response answered, the
+    verdict, then the score tag. e.g. "red, empty, blue, red. red 2, blue 1. Most often: red. The
     response answers blue: wrong.<score>0</score>"."""
     from rlsys.models.warmstart import perception_demonstration
 

@@ -8,6 +8,10 @@ Protocol (version 1):
 
     {"items": [{"response": str, "answer": str | null, "metadata": {...}}, ...]}
 
+    with send_inputs (a remote reward model needs what the policy saw), each item also has
+    "prompt": the prompt's chat messages (image parts {"type": "image"}, in order) and
+    "images": the prompt's images, base64 PNG (as resized for the policy), in the same order.
+
     -> 200, {"rewards": [float | null, ...]}        one entry per item, same order
 
 - Strings are valid UTF-8 (lone surrogates replaced by "?"); metadata values JSON cannot
@@ -67,6 +71,8 @@ class RemoteReward:
     batch_size: items per request.
     failure_threshold: consecutive failed calls that open the circuit.
     cooldown_s: how long an open circuit fails calls fast before a probe call.
+    send_inputs: also send each item's prompt messages and images (see the protocol); the
+                scorer then hands `score_batch` the RewardInputs.
 
     Counters (cumulative): requests (HTTP attempts), retried, failures (items scored 0).
     `state` is "closed", "open" or "half-open".
@@ -83,6 +89,7 @@ class RemoteReward:
         batch_size: int = 64,
         failure_threshold: int = 3,
         cooldown_s: float = 30.0,
+        send_inputs: bool = False,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"RemoteReward url must be http(s)://..., got {url!r}")
@@ -95,6 +102,7 @@ class RemoteReward:
         self.batch_size = max(1, int(batch_size))
         self.failure_threshold = max(1, int(failure_threshold))
         self.cooldown_s = max(0.0, float(cooldown_s))
+        self.send_inputs = bool(send_inputs)
         self.requests = 0
         self.retried = 0
         self.failures = 0
@@ -197,11 +205,18 @@ class RemoteReward:
         level = logging.WARNING if state == "open" else logging.INFO
         logger.log(level, "remote reward %s: circuit %s: %s", self.url, state, why)
 
+    @property
+    def wants_inputs(self) -> bool:
+        """Whether score_batch takes `inputs` (the scorer reads this)."""
+        return self.send_inputs
+
     def score_batch(
-        self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any]
+        self, responses: Sequence[Any], answers: Sequence[Any], metadatas: Sequence[Any],
+        inputs: Optional[Sequence[Any]] = None,
     ) -> tuple[list[float], list]:
         """Score a batch; returns (rewards, failed) with failed[i] False for a good item, else a
-        string saying why it scored 0. Never raises."""
+        string saying why it scored 0. Never raises. inputs: the items' RewardInputs (prompt
+        messages, byte-holding images), sent when `send_inputs`."""
         items = [
             {
                 "response": to_text(r),
@@ -210,6 +225,13 @@ class RemoteReward:
             }
             for r, a, m in zip(responses, answers, metadatas)
         ]
+        if self.send_inputs and inputs is not None:
+            import base64
+
+            images: dict[str, str] = {}  # a group's samples share their images: encode each once
+            for item, x in zip(items, inputs):
+                item["prompt"] = x.prompt
+                item["images"] = [images.setdefault(m.sha256, base64.b64encode(m.png).decode()) for m in x.media]
         rewards: list[float] = []
         failed: list = []
         for start in range(0, len(items), self.batch_size):

@@ -13,7 +13,8 @@ Three ways a component runs:
 - batch:    objects with `score_batch(responses, answers, metadatas) -> (rewards, failed)`
             (`RemoteReward`, URL specs, the "remote" factory) get one batched call per
             component; they bound their own calls. failed[i] is falsy for a good item, else
-            True or a string saying why.
+            True or a string saying why. One whose `wants_inputs` is true also gets
+            `inputs=` the items' RewardInputs (a remote reward model sends prompt and images).
 
 Inline and isolated functions are called in their form (forms.py, read once at construction):
 per sample (legacy, `sample`: one call, hence one worker task, per sample), per prompt (`group`:
@@ -55,6 +56,11 @@ class _Component:
     target: Optional[tuple] = None  # worker target (isolated)
     failures: int = 0
     form: Form = LEGACY_FORM  # how it is called (forms.py); batch components: unused
+
+
+def _wants_inputs(comp: "_Component") -> bool:
+    """A batch component that takes the items' RewardInputs (RemoteReward with send_inputs)."""
+    return comp.mode == "batch" and bool(getattr(comp.fn, "wants_inputs", False))
 
 
 def _picklable(obj: Any) -> bool:
@@ -139,7 +145,7 @@ class RewardScorer:
     @property
     def needs_context(self) -> bool:
         """Some component takes RewardInputs (prompt, images, group), not just the texts."""
-        return any(c.mode != "batch" and c.form.kind != LEGACY for c in self._components)
+        return any(_wants_inputs(c) if c.mode == "batch" else c.form.kind != LEGACY for c in self._components)
 
     def forms(self) -> dict[str, str]:
         """Component name -> how it is called: a forms.py kind, or "score_batch"."""
@@ -227,7 +233,8 @@ class RewardScorer:
             if comp.mode == "inline":
                 scores[comp.name] = self._run_inline(comp, calls[comp.name], n, errors)
             elif comp.mode == "batch":
-                scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, errors)
+                flat = [x for group in inputs for x in group] if _wants_inputs(comp) else None
+                scores[comp.name] = self._run_batch(comp, responses, answers, metadatas, errors, flat)
         self.calls += n * len(self._components)
         return {c.name: scores[c.name] for c in self._components}, errors
 
@@ -277,9 +284,10 @@ class RewardScorer:
             self._apply(comp, out, span, entries, errors)
         return out
 
-    def _run_batch(self, comp, responses, answers, metadatas, errors) -> list[float]:
+    def _run_batch(self, comp, responses, answers, metadatas, errors, inputs=None) -> list[float]:
         try:
-            values, failed = comp.fn.score_batch(responses, answers, metadatas)
+            extra = {"inputs": inputs} if inputs is not None else {}
+            values, failed = comp.fn.score_batch(responses, answers, metadatas, **extra)
             values = [float(v) for v in values]
             if len(values) != len(responses) or len(failed) != len(responses):
                 raise ValueError(f"{len(values)} rewards for {len(responses)} samples")

@@ -7,6 +7,7 @@ hook that fires it is where the moment is chosen, after the real call was sent.
   prompt exactly once, and the next step's behaviour log-probs match the learner's;
 - engine killed during weight sync: the same, from the sync;
 - reward actor killed while scoring: restarted, the groups scored again;
+- scalar reward-model actor killed while scoring: restarted in its bundle, the groups scored again;
 - learner killed during its update and during weight sync: the group is rebuilt from the latest
   checkpoint in the same run directory, the lost steps run again, each step's row is there once;
 - past `fault.max_restarts`: the run stops with one line and a checkpoint of the last step.
@@ -157,6 +158,36 @@ def test_reward_actor_killed_while_scoring(ray_cluster, task_data, tmp_path, mon
     _trained_exactly_once(tmp_path, 1)
     fault_record(fault="kill -9 of the reward actor while scoring", outcome="restarted; the groups scored again",
                  recovery_s=row["faults/recovery_s/reward"], lost="nothing")
+
+
+def test_reward_model_actor_killed_while_scoring(ray_cluster, task_data, tmp_path, monkeypatch, fault_record,
+                                                 tiny_rm_dir):
+    import pyarrow.parquet as pq
+    import ray
+
+    from rlsys.distributed.streaming import InFlightBatch
+
+    entries = (f"reward.components=[{{name: accuracy, weight: 1.0}}, "
+               f"{{name: null, model: scalar, path: '{tiny_rm_dir}', weight: 1.0}}]")
+    driver, roles, _ = _driver(_config(task_data, tmp_path, ["total_steps=1", entries]), task_data, tmp_path)
+    (pool,) = roles.reward_models
+    pid = ray.get(pool.actors[0].__ray_call__.remote(lambda self: os.getpid()))
+    calls = []
+
+    def on_second_group(batch, slots, groups, online):
+        calls.append(slots)
+        if len(calls) == 2:
+            os.kill(pid, signal.SIGKILL)
+
+    _kill_at(monkeypatch, InFlightBatch, "_start_scoring", on_second_group)
+    row = _run(driver, roles, tmp_path)[1]
+    assert row["faults/restarts/reward_model/scalar"] == 1.0 and row["reward/failed/scalar"] == 0
+    _trained_exactly_once(tmp_path, 1)
+    scores = [dict(r["reward_components"])["scalar"] for r in pq.read_table(tmp_path / "rollouts").to_pylist()]
+    assert len(scores) == B * G and len(set(scores)) > 1  # every sample scored by the (restarted) model
+    fault_record(fault="kill -9 of the scalar reward-model actor while scoring",
+                 outcome="restarted in its bundle; the groups scored again",
+                 recovery_s=row["faults/recovery_s/reward_model/scalar"], lost="nothing")
 
 
 @pytest.mark.parametrize("moment, step, save_every", [("update", 3, 2), ("sync", 3, 2), ("update", 2, 10)])

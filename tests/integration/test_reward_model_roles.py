@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 
 import pytest
@@ -24,42 +23,26 @@ pytestmark = pytest.mark.integration
 B, G = 4, 4
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tiny_model_dir, tmp_path_factory):
-    """An RM in rlsys's format: the tiny model as backbone with a random value head."""
-    import torch
-
-    from rlsys.critic import save_value_head
-    from rlsys.rewards.scalar_rm import RM_FORMAT, RM_INFO_FILE, RM_VERSION
-
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    shutil.copytree(tiny_model_dir, out)
-    gen = torch.Generator().manual_seed(0)
-    save_value_head(torch.randn(1, 64, generator=gen), torch.zeros(1), out)
-    (out / RM_INFO_FILE).write_text(json.dumps({"format": RM_FORMAT, "version": RM_VERSION, "base": "tiny"}))
-    return out
-
-
-def _config(task_data, out_dir, rm_dir, extra_entries="", overrides=()):
+def _config(task_data, out_dir, tiny_rm_dir, extra_entries="", overrides=()):
     cfg = small_loop_config(task_data, out_dir, B, G, overrides=[
         f"reward.components=[{{name: accuracy, weight: 0.0}}, "
-        f"{{name: null, model: scalar, path: '{rm_dir}', weight: 1.0, cpus: 0.5, batch_size: 8}}{extra_entries}]",
+        f"{{name: null, model: scalar, path: '{tiny_rm_dir}', weight: 1.0, cpus: 0.5, batch_size: 8}}{extra_entries}]",
         *overrides])
     return cfg
 
 
-def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, task_data, rm_dir, tmp_path):
+def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, task_data, tiny_rm_dir, tmp_path):
     import pyarrow.parquet as pq
 
     from launch.evaluate import load_split
     from launch.roles import start_roles
     from rlsys.driver import Driver
 
-    cfg = _config(task_data, tmp_path, rm_dir,
-                  extra_entries=", {name: null, model: judge, path: policy, weight: 0.5, max_new_tokens: 16, "
+    cfg = _config(task_data, tmp_path, tiny_rm_dir,
+                  extra_entries=", {name: null, model: judge, path: reference, weight: 0.5, max_new_tokens: 16, "
                                 "fallback: -1.0}",
                   overrides=["eval.before_and_after=true", "eval.max_prompts=4", "eval.max_new_tokens=12",
-                             "eval.rewards=[{name: accuracy}, {name: null, model: judge, path: policy}]"])
+                             "eval.rewards=[{name: accuracy}, {name: null, model: judge, path: reference}]"])
     roles = start_roles(cfg, str(tiny_model_dir))
     try:
         driver = Driver(cfg, roles, load_split(cfg, task_data[0]), load_split(cfg, task_data[1]), tmp_path)
@@ -72,6 +55,7 @@ def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, ta
     assert len(steps) == 2
     for r in steps:
         assert r["reward/judge"] == -1.0 and r["reward/failed/judge"] == B * G
+        assert r["memory/reward_model_scalar0_host_mb"] > 0 and r["memory/reward_model_judge0_host_mb"] > 0
         assert r["reward/failed/scalar"] == 0 and math.isfinite(r["reward/scalar"])
     recorded = pq.read_table(tmp_path / "rollouts").to_pylist()
     assert len(recorded) == 2 * B * G
@@ -106,8 +90,11 @@ class SlowScalarRM:
     def call_log(self):
         return self.inner.call_log()
 
+    def peak_memory_mb(self):
+        return self.inner.peak_memory_mb()
 
-def test_an_rm_slower_than_generation_spreads_over_replicas(ray_cluster, tiny_model_dir, task_data, rm_dir,
+
+def test_an_rm_slower_than_generation_spreads_over_replicas(ray_cluster, tiny_model_dir, task_data, tiny_rm_dir,
                                                              tmp_path):
     import pyarrow.parquet as pq
     import ray
@@ -121,7 +108,7 @@ def test_an_rm_slower_than_generation_spreads_over_replicas(ray_cluster, tiny_mo
 
     # The actor class lives in this test module, which Ray's workers cannot import by name.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = _config(task_data, tmp_path, rm_dir, overrides=["total_steps=1", "rollout.max_scoring_groups=2",
+    cfg = _config(task_data, tmp_path, tiny_rm_dir, overrides=["total_steps=1", "rollout.max_scoring_groups=2",
                                                           f"sampling.prompts_per_step={2 * B}"])
     roles = start_roles(cfg, str(tiny_model_dir))
     (pool,) = roles.reward_models

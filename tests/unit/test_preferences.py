@@ -36,7 +36,7 @@ def test_a_wrong_perception_names_another_scene(prompts):
     right, _ = response_of("look_right", prompts[0], [], rng)
     wrong, given = response_of("look_wrong", prompts[0], ["red", "green", "blue"], rng)
     assert wrong.startswith("<think>") and "I will guess" not in wrong and given != prompts[0].answer
-    assert wrong.split(".")[0] != right.split(".")[0]  # the cells it names differ from the image's
+    assert wrong.split(".")[0] != right.split(".")[0]  # the counts it gives are not the image's
 
 
 def test_pairs_prefer_right_to_wrong(prompts):
