@@ -3,7 +3,7 @@ rule reward actor, on a real local Ray with the tiny model.
 
 - Both kinds score every streamed group; the combined reward is the weighted sum, each model's
   raw score is its own column, and the judge's critiques are in the rollout Parquet and the
-  evaluation samples table.
+  evaluation samples table; `normalize` standardises the RM's share of the trained reward.
 - The judge here is the untrained tiny model, so its output is garbled: every judgement gets the
   fallback and is counted, and the run goes on (the failure guard never stops on a judge).
 - An RM slower than generation (a delay injected into the real actor) spreads over its two
@@ -23,12 +23,12 @@ pytestmark = pytest.mark.integration
 B, G = 4, 4
 
 
-def _config(task_data, out_dir, tiny_rm_dir, extra_entries="", overrides=()):
-    cfg = small_loop_config(task_data, out_dir, B, G, overrides=[
+def _config(task_data, out_dir, rm_dir, extra_entries="", overrides=(), normalize=False):
+    return small_loop_config(task_data, out_dir, B, G, overrides=[
         f"reward.components=[{{name: accuracy, weight: 0.0}}, "
-        f"{{name: null, model: scalar, path: '{tiny_rm_dir}', weight: 1.0, cpus: 0.5, batch_size: 8}}{extra_entries}]",
+        f"{{name: null, model: scalar, path: '{rm_dir}', weight: 1.0, cpus: 0.5, batch_size: 8, "
+        f"normalize: {str(normalize).lower()}}}{extra_entries}]",
         *overrides])
-    return cfg
 
 
 def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, task_data, tiny_rm_dir, tmp_path):
@@ -42,7 +42,8 @@ def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, ta
                   extra_entries=", {name: null, model: judge, path: reference, weight: 0.5, max_new_tokens: 16, "
                                 "fallback: -1.0}",
                   overrides=["eval.before_and_after=true", "eval.max_prompts=4", "eval.max_new_tokens=12",
-                             "eval.rewards=[{name: accuracy}, {name: null, model: judge, path: reference}]"])
+                             "eval.rewards=[{name: accuracy}, {name: null, model: judge, path: reference}]"],
+                  normalize=True)
     roles = start_roles(cfg, str(tiny_model_dir))
     try:
         driver = Driver(cfg, roles, load_split(cfg, task_data[0]), load_split(cfg, task_data[1]), tmp_path)
@@ -56,12 +57,17 @@ def test_scalar_rm_and_garbled_judge_in_the_loop(ray_cluster, tiny_model_dir, ta
     for r in steps:
         assert r["reward/judge"] == -1.0 and r["reward/failed/judge"] == B * G
         assert r["memory/reward_model_scalar0_host_mb"] > 0 and r["memory/reward_model_judge0_host_mb"] > 0
+        # normalize: the RM's share of the trained reward is standardised over the batch (mean 0,
+        # std 1 at weight 1); the judge adds a constant 0.5 * -1, accuracy weighs 0.
+        assert r["batch/reward_mean"] == pytest.approx(-0.5, abs=1e-5)
+        assert r["batch/reward_std"] == pytest.approx(1.0, abs=1e-4)
         assert r["reward/failed/scalar"] == 0 and math.isfinite(r["reward/scalar"])
     recorded = pq.read_table(tmp_path / "rollouts").to_pylist()
     assert len(recorded) == 2 * B * G
     for row in recorded:
         parts = dict(row["reward_components"])
         assert set(parts) == {"accuracy", "scalar", "judge"} and parts["judge"] == -1.0
+        # the record keeps the raw weighted sum (what the models said), not the standardised one
         assert row["reward"] == pytest.approx(0.0 * parts["accuracy"] + parts["scalar"] + 0.5 * -1.0, abs=1e-9)
         assert set(dict(row["reward_texts"])) == {"judge"}  # the critique beside its sample
     assert len({round(dict(r["reward_components"])["scalar"], 6) for r in recorded}) > 1
