@@ -100,6 +100,11 @@ def embedded_model(cfg: RunConfig, force: bool = False) -> Path:
     return out / "warm"
 
 
+def policy_path(cfg: RunConfig) -> str:
+    """`model.path`, with an 'embedded:<size>' model built (or found cached) first."""
+    return str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path
+
+
 def resolve(cfg: RunConfig, force: bool = False) -> EmbeddedAssets:
     t0 = time.perf_counter()
     model_dir = embedded_model(cfg, force) if cfg.model.path.startswith("embedded:") else None

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from launch.embedded import embedded_model, resolve, synthetic_data
+from launch.embedded import policy_path, resolve, synthetic_data
 from rlsys.config import RunConfig
 
 
@@ -48,7 +48,7 @@ def evaluate_cli(cfg: RunConfig, model: str | None, data: str | None) -> int:
         return 2
     # Build only what the command line did not name.
     if model is None:
-        model = str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path
+        model = policy_path(cfg)
     if data is None:
         data = str(synthetic_data(cfg)[1]) if cfg.data.test == "synthetic" else cfg.data.test
     prompts = load_split(cfg, data)[: cfg.eval.max_prompts]

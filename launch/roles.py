@@ -3,6 +3,7 @@ from its spec (rlsys/specs.py). The only place that constructs actors; `start_ro
 role and is what a restart calls again."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,28 @@ def start_learners(cfg: RunConfig, spec: LearnerSpec | RMTrainerSpec) -> tuple[L
     env = runtime_env_vars(cfg)
     learners = _ready(start_role(spec, [Slot(pg, i, plan.bundles[i], env) for i in plan.learners]))
     return LearnerGroup(learners), pg
+
+
+@contextmanager
+def learners_on_ray(cfg: RunConfig, spec: LearnerSpec | RMTrainerSpec):
+    """`start_learners` on the run's Ray (launch.cluster.connect); on exit the ranks stop, and a
+    Ray this call started is shut down (a caller's Ray, in tests or notebooks, stays up).
+    Yields the group."""
+    import ray
+
+    from launch.cluster import connect
+
+    owns_ray = not ray.is_initialized()
+    connect(cfg)
+    try:
+        group, pg = start_learners(cfg, spec)
+        try:
+            yield group
+        finally:
+            stop_learners(group, pg)
+    finally:
+        if owns_ray and not cfg.resources.address:
+            ray.shutdown()
 
 
 def stop_learners(group: LearnerGroup, pg) -> None:

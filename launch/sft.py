@@ -57,10 +57,9 @@ def copy_extra_files(src: Path, dst: Path) -> None:
 
 
 def run_sft(cfg: RunConfig) -> int:
-    from launch.cluster import connect
-    from launch.embedded import embedded_model
+    from launch.embedded import policy_path
     from launch.evaluate import load_split_counted
-    from launch.roles import start_learners, stop_learners
+    from launch.roles import learners_on_ray
     from launch.train import new_run_dir
     from rlsys.data import DataError
     from rlsys.distributed.media_store import MediaStore
@@ -84,7 +83,7 @@ def run_sft(cfg: RunConfig) -> int:
     if not demos:
         print(f"rlsys: sft.data = {s.data!r}: no demonstrations to train on", file=sys.stderr)
         return 2
-    model_path = str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path
+    model_path = policy_path(cfg)
     processor = load_processor(model_path, trust_remote_code=cfg.model.trust_remote_code)
     samples = []
     for p in demos:
@@ -104,13 +103,8 @@ def run_sft(cfg: RunConfig) -> int:
           f"({tokens} response tokens{f', {skipped} rows skipped' if skipped else ''}); {len(plan)} steps "
           f"of <= {s.batch_size}", flush=True)
 
-    import ray as ray_module
-
-    owns_ray = not ray_module.is_initialized()  # a caller's Ray (tests, notebooks) stays up
-    ray = connect(cfg)
-    group, pg = start_learners(cfg, sft_learner_spec(cfg, model_path, total_steps=len(plan)))
     losses, skipped_steps = [], 0
-    try:
+    with learners_on_ray(cfg, sft_learner_spec(cfg, model_path, total_steps=len(plan))) as group:
         store = MediaStore()  # each image into the object store once, not once per step
         for x in samples:
             x.images = [store.ref_item(m) for m in x.images]
@@ -127,10 +121,6 @@ def run_sft(cfg: RunConfig) -> int:
                           f"lr {m.lr:.2e}  {m.time_s:.2f} s", flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         group.export_hf(out_dir)
-    finally:
-        stop_learners(group, pg)
-        if owns_ray and not cfg.resources.address:
-            ray.shutdown()
     copy_extra_files(Path(model_path), out_dir)
     (out_dir / "rlsys_sft.json").write_text(json.dumps(
         {"source": model_path, "data": str(s.data), "steps": len(plan), "demonstrations": len(samples),

@@ -102,9 +102,10 @@ def pair_accuracy(actors: list, pairs: list) -> float:
 
 
 def run_train_rm(cfg: RunConfig) -> int:
-    from launch.cluster import connect
-    from launch.embedded import embedded_model
-    from launch.roles import start_learners, stop_learners
+    import ray
+
+    from launch.embedded import policy_path
+    from launch.roles import learners_on_ray
     from launch.sft import copy_extra_files
     from launch.train import new_run_dir
     from rlsys.data import DataError
@@ -134,7 +135,7 @@ def run_train_rm(cfg: RunConfig) -> int:
     if not train:
         print(f"rlsys: train_rm.data = {t.data!r}: no preference pairs to train on", file=sys.stderr)
         return 2
-    model_path = str(embedded_model(cfg)) if cfg.model.path.startswith("embedded:") else cfg.model.path
+    model_path = policy_path(cfg)
     try:
         processor = load_processor(model_path, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -159,14 +160,9 @@ def run_train_rm(cfg: RunConfig) -> int:
           f"{len(test_pairs)} held out{f', {skipped} rows skipped' if skipped else ''}; {len(plan)} steps "
           f"of <= {t.batch_size} pairs", flush=True)
 
-    import ray as ray_module
-
-    owns_ray = not ray_module.is_initialized()  # a caller's Ray (tests, notebooks) stays up
-    ray = connect(cfg)
-    group, pg = start_learners(cfg, rm_trainer_spec(cfg, model_path, total_steps=len(plan)))
-    actors = group.actors
     losses, skipped_steps, acc_before, acc_after = [], 0, None, None
-    try:
+    with learners_on_ray(cfg, rm_trainer_spec(cfg, model_path, total_steps=len(plan))) as group:
+        actors = group.actors
         store = MediaStore()  # each image into the object store once, not once per step
         for p in train_pairs + test_pairs:
             p.chosen.images = p.rejected.images = [store.ref_item(m) for m in p.chosen.images]
@@ -187,10 +183,6 @@ def run_train_rm(cfg: RunConfig) -> int:
         if test_pairs:
             acc_after = pair_accuracy(actors, test_pairs)
         ray.get([a.export.remote(str(out_dir)) for a in actors])
-    finally:
-        stop_learners(group, pg)
-        if owns_ray and not cfg.resources.address:
-            ray.shutdown()
     copy_extra_files(Path(model_path), out_dir)
     info_path = out_dir / RM_INFO_FILE
     info = json.loads(info_path.read_text())

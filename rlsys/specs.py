@@ -325,15 +325,19 @@ def sft_learner_spec(cfg: RunConfig, model_path: str, total_steps: int) -> Learn
     """The policy learner of `rlsys sft` (cfg.sft): the learner section's ranks, ZeRO stage,
     micro-batches and clipping, the sft learning rate; one optimizer step per `sft_step`
     (ppo_epochs = mini_batches = 1), token-mean loss, log-probs at temperature 1."""
-    import dataclasses
-
     s = cfg.sft
-    trainer = dataclasses.replace(
-        _trainer(cfg, model_path, zero_stage=cfg.learner.zero_stage, lr=s.lr,
+    return LearnerSpec(trainer=_one_step_trainer(cfg, model_path, s.lr, s.warmup_steps, total_steps), temperature=1.0)
+
+
+def _one_step_trainer(cfg: RunConfig, model_path: str, lr: float, warmup_steps: int, total_steps: int) -> TrainerSpec:
+    """The trainer of a supervised command (sft, train-rm): the learner section's ZeRO stage,
+    micro-batches, clipping and backend; a constant LR after warm-up; one optimizer step per call
+    (ppo_epochs = mini_batches = 1); token-mean aggregation."""
+    return dataclasses.replace(
+        _trainer(cfg, model_path, zero_stage=cfg.learner.zero_stage, lr=lr,
                  micro_batch_size=cfg.learner.micro_batch_size),
-        lr_schedule="constant", warmup_steps=s.warmup_steps, total_steps=total_steps, ppo_epochs=1,
+        lr_schedule="constant", warmup_steps=warmup_steps, total_steps=total_steps, ppo_epochs=1,
         mini_batches=1, loss_agg="token_mean", norm_length=None)
-    return LearnerSpec(trainer=trainer, temperature=1.0)
 
 
 def rm_trainer_spec(cfg: RunConfig, model_path: str, total_steps: int) -> RMTrainerSpec:
@@ -341,12 +345,7 @@ def rm_trainer_spec(cfg: RunConfig, model_path: str, total_steps: int) -> RMTrai
     ZeRO stage, micro-batch size (in pairs), clipping, weight decay and backend; train_rm's LR
     (constant after warm-up); one optimizer step per bt_step."""
     t = cfg.train_rm
-    trainer = dataclasses.replace(
-        _trainer(cfg, model_path, zero_stage=cfg.learner.zero_stage, lr=t.lr,
-                 micro_batch_size=cfg.learner.micro_batch_size),
-        lr_schedule="constant", warmup_steps=t.warmup_steps, total_steps=total_steps, ppo_epochs=1,
-        mini_batches=1, loss_agg="token_mean", norm_length=None)
-    return RMTrainerSpec(trainer)
+    return RMTrainerSpec(_one_step_trainer(cfg, model_path, t.lr, t.warmup_steps, total_steps))
 
 
 def prompt_seed(call_seed: int, uid: str) -> int:

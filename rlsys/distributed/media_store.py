@@ -218,6 +218,13 @@ def resolve_prompts(prompts: Sequence[Prompt], cache: Optional[ImageCache] = Non
     return [p if images is p.images else replace(p, images=images) for p, images in zip(prompts, resolved)]
 
 
+def resolve_groups(groups: Sequence[RolloutGroup], cache: Optional[ImageCache] = None) -> list[RolloutGroup]:
+    """The groups with byte-holding prompt images (resolve_prompts); a group with nothing to
+    resolve is the same object, the others are copies (the caller's groups stay ref-form)."""
+    prompts = resolve_prompts([g.prompt for g in groups], cache)
+    return [g if p is g.prompt else replace(g, prompt=p) for g, p in zip(groups, prompts)]
+
+
 def resolve_samples(samples: Sequence[Any], cache: Optional[ImageCache] = None) -> Sequence[Any]:
     """TrainSample-like records (`.images`), resolved in place; returns `samples`. Samples that
     shared one image list (a group's G samples) share the one resolved list."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from rlsys.protocol import RewardResult, RolloutGroup
@@ -199,10 +199,9 @@ class RewardScorer:
         where the reward runs, on first use (RewardInput.images)."""
         if not any(m.png is None for g in groups for m in g.prompt.images):
             return groups
-        from rlsys.distributed.media_store import resolve_prompts
+        from rlsys.distributed.media_store import resolve_groups
 
-        prompts = resolve_prompts([g.prompt for g in groups])
-        return [g if p is g.prompt else replace(g, prompt=p) for g, p in zip(groups, prompts)]
+        return resolve_groups(groups)
 
     def _group_result(self, uid: str, start: int, n: int, components: dict, errors: dict) -> RewardResult:
         """The samples start .. start+n-1 of a batch as one group's result."""
