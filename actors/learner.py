@@ -82,12 +82,35 @@ class LearnerActor:
         return vars(self.sender.send(named, version))
 
     def weight_buckets(self, bucket_mb: float = 64.0) -> list:
-        """Object-store path: rank 0 returns [[(name, tensor), ...], ...]; others []."""
+        """Object-store path: rank 0 returns [[(name, tensor), ...], ...]; others [] (they only
+        take part in the ZeRO-3 gathers and copy nothing to CPU)."""
         from rlsys.distributed.weight_sync import bucketize
 
-        buckets = [[(n, t.detach().cpu().clone()) for n, t in b]
-                   for b in bucketize(self.learner.named_parameters_for_sync(), bucket_mb)]
-        return buckets if self.rank == 0 else []
+        named = self.learner.named_parameters_for_sync()
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return []
+        return [[(n, t.detach().cpu().clone()) for n, t in b] for b in bucketize(named, bucket_mb)]
+
+    def weight_bucket_refs(self, bucket_mb: float = 64.0) -> list:
+        """Lean object-store path: rank 0 copies one bucket (whole fused layers) at a time to CPU
+        and `ray.put`s it once; returns the buckets' ObjectRefs (others: []). The caller hands the
+        refs to the engines, which pull each bucket themselves: no process but this one and each
+        engine ever holds the weights, and this one holds one bucket at a time."""
+        import ray
+
+        from rlsys.distributed.weight_sync import bucketize
+
+        named = self.learner.named_parameters_for_sync()
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return []
+        refs = []
+        for b in bucketize(named, bucket_mb):
+            refs.append(ray.put([(n, t.detach().cpu().clone()) for n, t in b]))
+        return refs
 
     def params_digest(self) -> str:
         """sha256 of all (HF name, full tensor): compare with a receiver's digest."""

@@ -38,22 +38,49 @@ class RolloutActor:
             group.prompt = prompts[index]  # the caller's (ref-form) prompt: no image bytes go back
             yield index, group
 
-    def open_weight_sync(self, host: str, port: int, world_size: int, rank: int, backend: str) -> None:
-        """Joins the learner's weight-sync group; blocks until every member has joined."""
-        from rlsys.distributed.weight_sync import WeightSyncReceiver
+    def sync_ranks(self) -> int:
+        """How many ranks this engine takes in the weight-sync group (its TP workers)."""
+        return self.engine.num_workers
 
-        self._receiver = WeightSyncReceiver(host, port, world_size, rank, backend=backend)
+    def open_weight_sync(self, host: str, port: int, world_size: int, rank: int, backend: str) -> list[int]:
+        """Every vLLM worker of the engine joins the learner's weight-sync group, worker t as
+        rank `rank` + t (rank = 1 + the ranks of the engines before this one); blocks until every
+        member has joined. Returns the workers' ranks."""
+        self._receiver = (host, port, world_size, rank, backend)
+        return self.engine.open_weight_sync(host, port, world_size, rank, backend)
 
-    def receive_weights(self) -> int:
-        """Takes one broadcast from the learner into the live engine; returns the new version."""
-        self.engine.update_weights(self._receiver.receive())
-        self.version = self._receiver.version
+    def receive_weights(self, verify: bool = False) -> int:
+        """Takes one broadcast from the learner into every worker of the live engine (each loads
+        the buckets as they arrive); returns the new version. verify=True: every worker also
+        hashes what it received (see `last_sync`)."""
+        self.last_reports = self.engine.receive_weights(digest=verify)
+        self.version = self.engine.policy_version
         return self.version
 
+    def last_sync(self) -> list[dict]:
+        """Each worker's report of the last `receive_weights`: rank, version, bytes, seconds,
+        largest bucket held (MiB) and, with verify, the digest of what it received."""
+        return list(getattr(self, "last_reports", []))
+
+    def weight_checksums(self) -> list[float]:
+        """Each worker's parameter sum (changes when its weights change)."""
+        return self.engine.weight_checksums()
+
     def load_weights(self, named_tensors: list, version: int) -> int:
-        """Object-store path of `receive_weights` (one bucket per call; version set on the last)."""
+        """Object-store path of `receive_weights` (one bucket per call; version set on the last).
+        Staged until the model is complete, then reloaded (any bucketing works)."""
         self.engine.update_weights(iter(named_tensors))
         self.version = version
+        return self.version
+
+    def load_bucket(self, named_tensors: list, version: int, last: bool) -> int:
+        """Lean object-store path: one bucket of whole fused layers (`bucketize`), pulled by this
+        actor from the object store (the caller passes its ObjectRef) and loaded into every worker
+        at once, so no process holds a second full copy of the model. `version` applies with
+        the last bucket."""
+        self.engine.load_bucket(named_tensors, policy_version=version if last else None)
+        if last:
+            self.version = version
         return self.version
 
     def policy_version(self) -> int:
@@ -71,3 +98,19 @@ class RolloutActor:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()
+
+    def workers_memory_mb(self) -> list[dict]:
+        """Each vLLM worker's memory: peak (lifetime), current RSS, rank. At TP 1 the worker is
+        this process."""
+        return self.engine.collective_rpc("rlsys_peak_memory_mb")
+
+    def workers_info(self) -> list[dict]:
+        """Each vLLM worker's pid, rank, cores and device (rlsys_worker_info)."""
+        return self.engine.collective_rpc("rlsys_worker_info")
+
+    def reset_peak_memory(self) -> None:
+        """Resets the peak RSS (Linux VmHWM) of this process and of every worker (bench)."""
+        from rlsys.models.engine import _reset_peak_rss
+
+        _reset_peak_rss()
+        self.engine.collective_rpc("rlsys_reset_peak_memory")

@@ -17,7 +17,9 @@ from actors.rm_learner import RMLearnerActor
 from actors.rollout import RolloutActor
 from launch.cluster import runtime_env_vars
 from rlsys.config import RunConfig
-from rlsys.distributed.placement import bundle_options, create_placement_group, plan_learners, plan_roles
+from rlsys.config import weight_sync_backend
+from rlsys.distributed.placement import (Placement, bundle_options, place_roles, plan_learners, plan_roles,
+                                         release_placement)
 from rlsys.distributed.recovery import Recovery
 from rlsys.distributed.clients import (CriticGroup, LearnerGroup, ReferenceClient, RewardClient, RewardModelPool,
                                       RolloutPool)
@@ -44,6 +46,14 @@ class Slot:
 
     def options(self) -> dict:
         return {**bundle_options(self.pg, self.bundle, self.resources), "runtime_env": {"env_vars": self.env}}
+
+
+def _slots(placement: Placement, plan, env: dict):
+    """-> slots(indices): the Slots of the plan's bundles `indices` (each in its role's group)."""
+    def slots(indices: list) -> list[Slot]:
+        return [Slot(*placement.slot(i), plan.bundles[i], env) for i in indices]
+
+    return slots
 
 
 def rm_role(column: str) -> str:
@@ -86,12 +96,13 @@ def _open_weight_sync(cfg: RunConfig, learners: list, engines: list) -> None:
 
     if cfg.learner.weight_sync != "collective":
         return
-    gpu = cfg.resources.gpus_per_learner > 0 and cfg.resources.gpus_per_engine > 0
-    backend = "nccl" if gpu else "gloo"
+    backend = weight_sync_backend(cfg)  # follows learner.backend (rlsys/config/validation.py)
     host, port = ray.get(learners[0].weight_sync_address.remote())
-    world = 1 + len(engines)
+    # Every vLLM worker is a member: engine i's TP worker t is rank 1 + i * TP + t.
+    tp = cfg.rollout.tensor_parallel_size
+    world = 1 + tp * len(engines)
     refs = [a.init_weight_sync.remote(host, port, world, backend, cfg.learner.sync_bucket_mb) for a in learners]
-    refs += [e.open_weight_sync.remote(host, port, world, i + 1, backend) for i, e in enumerate(engines)]
+    refs += [e.open_weight_sync.remote(host, port, world, 1 + i * tp, backend) for i, e in enumerate(engines)]
     ray.get(refs)
 
 
@@ -111,20 +122,18 @@ class Starter:
         self.cfg = cfg
         self.specs = role_specs(cfg, model_path)
         self.plan = plan_roles(cfg, needs_reference=self.specs.reference is not None)
-        self.pg = create_placement_group(self.plan, cfg.resources.colocate)
-        env = runtime_env_vars(cfg)
-        bundles = self.plan.bundles
-        self.slots = {"engine": [Slot(self.pg, i, bundles[i], env) for i in self.plan.engines],
-                      "reward": [Slot(self.pg, self.plan.reward, bundles[self.plan.reward], env)],
-                      "learner": [Slot(self.pg, i, bundles[i], env) for i in self.plan.learners],
-                      "critic": [Slot(self.pg, i, bundles[i], env) for i in self.plan.critics],
-                      "reference": ([Slot(self.pg, self.plan.reference, bundles[self.plan.reference], env)]
-                                    if self.specs.reference else [])}
+        # The plan is checked against the connected cluster (and the recipe's declared nodes)
+        # before any group is reserved or actor started.
+        self.placement = place_roles(self.plan, cfg.resources.colocate, cfg)
+        slot = _slots(self.placement, self.plan, runtime_env_vars(cfg))
+        self.slots = {"engine": slot(self.plan.engines), "reward": slot([self.plan.reward]),
+                      "learner": slot(self.plan.learners), "critic": slot(self.plan.critics),
+                      "reference": slot([self.plan.reference]) if self.specs.reference else []}
         self.role_spec = {"engine": self.specs.engine, "reward": self.specs.reward, "learner": self.specs.learner,
                           "critic": self.specs.critic, "reference": self.specs.reference}
         # Reward models: role "reward_model/<column>", one slot per replica.
         for rm, replicas in zip(self.specs.reward_models, self.plan.reward_models):
-            self.slots[rm_role(rm.name)] = [Slot(self.pg, i, bundles[i], env) for i in replicas]
+            self.slots[rm_role(rm.name)] = slot(replicas)
             self.role_spec[rm_role(rm.name)] = rm.spec
 
     def start(self, role: str, slots: list[Slot]) -> list:
@@ -145,7 +154,7 @@ class Starter:
 
 
 def start_roles(cfg: RunConfig, model_path: str) -> Roles:
-    """Every role of a training run in one placement group, ready, with weight sync open, and
+    """Every role of a training run placed (one PACK group, or one per role: place_roles), ready, with weight sync open, and
     restartable within `fault.max_restarts`."""
     starter = Starter(cfg, model_path)
     engines = starter.start("engine", starter.slots["engine"])
@@ -161,7 +170,7 @@ def start_roles(cfg: RunConfig, model_path: str) -> Roles:
     return Roles(cfg=cfg, rollout=RolloutPool(engines), reward=RewardClient(reward), reward_models=reward_models,
                  reference=ReferenceClient(reference) if reference else None, learner=LearnerGroup(learners),
                  critic=CriticGroup(critics) if critics else None, train_sampling=specs.train_sampling,
-                 eval_sampling=specs.eval_sampling, placement_group=starter.pg,
+                 eval_sampling=specs.eval_sampling, placement_group=starter.placement,
                  recovery=Recovery(starter, cfg.fault.max_restarts))
 
 
@@ -171,23 +180,22 @@ def start_generation(cfg: RunConfig, model_path: str) -> GenerationRoles:
 
     specs = role_specs(cfg, model_path)
     plan = plan_roles(cfg, needs_reference=False, training=False)
-    pg = create_placement_group(plan, cfg.resources.colocate)
-    env = runtime_env_vars(cfg)
-    engines = start_role(specs.engine, [Slot(pg, i, plan.bundles[i], env) for i in plan.engines])
-    (reward,) = start_role(specs.reward, [Slot(pg, plan.reward, plan.bundles[plan.reward], env)])
+    placement = place_roles(plan, cfg.resources.colocate)
+    slot = _slots(placement, plan, runtime_env_vars(cfg))
+    engines = start_role(specs.engine, slot(plan.engines))
+    (reward,) = start_role(specs.reward, slot([plan.reward]))
     ray.get([e.policy_version.remote() for e in engines])
-    return GenerationRoles(RolloutPool(engines), RewardClient(reward), specs.train_sampling, pg)
+    return GenerationRoles(RolloutPool(engines), RewardClient(reward), specs.train_sampling, placement)
 
 
 def start_learners(cfg: RunConfig, spec: LearnerSpec | RMTrainerSpec) -> tuple[LearnerGroup, Any]:
     """Learner ranks alone (`learner.num_ranks`, placed as in training), ready, in a placement
     group of their own: the policy learner of `rlsys sft` or the reward-model trainer of
-    `rlsys train-rm`; -> (the group, its placement group). Stop them with `stop_learners`."""
+    `rlsys train-rm`; -> (the group, its Placement). Stop them with `stop_learners`."""
     plan = plan_learners(cfg)
-    pg = create_placement_group(plan, cfg.resources.colocate)
-    env = runtime_env_vars(cfg)
-    learners = _ready(start_role(spec, [Slot(pg, i, plan.bundles[i], env) for i in plan.learners]))
-    return LearnerGroup(learners), pg
+    placement = place_roles(plan, cfg.resources.colocate)
+    learners = _ready(start_role(spec, _slots(placement, plan, runtime_env_vars(cfg))(plan.learners)))
+    return LearnerGroup(learners), placement
 
 
 @contextmanager
@@ -212,10 +220,9 @@ def learners_on_ray(cfg: RunConfig, spec: LearnerSpec | RMTrainerSpec):
             ray.shutdown()
 
 
-def stop_learners(group: LearnerGroup, pg) -> None:
+def stop_learners(group: LearnerGroup, placement: Placement) -> None:
     import ray
-    from ray.util.placement_group import remove_placement_group
 
     for a in group.actors:
         ray.kill(a)
-    remove_placement_group(pg)
+    release_placement(placement)

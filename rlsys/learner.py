@@ -27,6 +27,20 @@ from rlsys.specs import LearnerSpec
 log = logging.getLogger(__name__)
 
 
+def has_active_dropout(model: torch.nn.Module) -> bool:
+    """True when some module drops activations in training mode: an nn.Dropout with p > 0, or
+    an attention layer's `attention_dropout` / `dropout` rate > 0 (HF attention applies those
+    functionally, only while training)."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout) and mod.p > 0:
+            return True
+        for attr in ("attention_dropout", "dropout"):
+            rate = getattr(mod, attr, None)
+            if isinstance(rate, float) and rate > 0:
+                return True
+    return False
+
+
 @dataclass
 class LearnerMetrics:
     """One `train_step`, identical on every rank (all values are global, all-reduced).
@@ -79,7 +93,10 @@ class PolicyLearner(DeepSpeedTrainerBase):
     """The policy on one DeepSpeed rank, as `spec` (rlsys.specs.LearnerSpec) describes it.
 
     The PPO ratio's "old" policy is the learner's own recomputation before the update (the
-    proximal policy), so engine-vs-learner numerics never show up as a ratio != 1.
+    proximal policy), so engine-vs-learner numerics never show up as a ratio != 1. With one
+    optimizer step per train step (ppo_epochs = mini_batches = 1) and no dropout it is read off
+    the training forward itself (`proximal_from_training_forward`); otherwise a no-grad pass
+    computes it first.
     """
 
     def __init__(self, spec: LearnerSpec, backend: str):
@@ -93,16 +110,30 @@ class PolicyLearner(DeepSpeedTrainerBase):
         self.max_is_weight = spec.max_is_weight
         self.temperature = spec.temperature
         model, self.processor, self.pad_token_id = self.load_model()
+        # With one optimizer step per train step and no dropout, the training forward runs the
+        # proximal policy's own weights, so its detached log-probs are pi_old bit for bit and
+        # the separate no-grad pass (a third of the update) is skipped (tests/integration/
+        # test_learner_group.py compares both ways).
+        self.proximal_from_training_forward = (
+            spec.trainer.ppo_epochs == 1 and spec.trainer.mini_batches == 1 and not has_active_dropout(model))
+        from rlsys.models.packing import packable
+
+        self.pack_prompts = spec.pack_prompts and packable(model, self.processor)
         self._init_engine(model)
         self._sync_names = hf_checkpoint_names(self.engine.module)
+
+    def applied_settings(self) -> dict:
+        return {**super().applied_settings(), "pack_prompts": self.pack_prompts,
+                "proximal_from_training_forward": self.proximal_from_training_forward}
 
     # ------------------------------------------------------------------ forward passes
 
     def _forward(self, samples: list[TrainSample], with_entropy: bool):
         """-> logprobs [N, R_max], entropy [N, R_max] | None, mask [N, R_max] (bool)."""
-        from rlsys.models.forward import collate, token_logprobs
+        from rlsys.models.forward import token_logprobs
+        from rlsys.models.packing import collate_for_forward
 
-        batch = collate(samples, self.processor, self.pad_token_id)
+        batch = collate_for_forward(samples, self.processor, self.pad_token_id, self.engine, self.pack_prompts)
         lp, ent, mask = token_logprobs(self.engine, batch, temperature=self.temperature,
                                        with_entropy=with_entropy)
         return lp, ent, mask.bool()
@@ -133,13 +164,19 @@ class PolicyLearner(DeepSpeedTrainerBase):
         if self.kl_coef > 0 and any(s.ref_logprobs is None for s in samples):
             raise ValueError("kl_coef > 0 needs ref_logprobs on every TrainSample")
         self.engine.train()
-        # The proximal ("old") policy and the mismatch report, before any optimizer step.
-        prox = self.compute_logprobs(samples)
+        lr = self.set_lr_for_step()
+        if self.proximal_from_training_forward:
+            self._prox, self._seen = None, {}  # _micro_step takes pi_old from its own forward
+            update = self.optimize(samples, self._micro_step)
+            prox = [self._seen[id(s)] for s in samples]
+        else:
+            # The proximal ("old") policy, before any optimizer step.
+            prox = self.compute_logprobs(samples)
+            self._prox = {id(s): p for s, p in zip(samples, prox)}  # read by _micro_step
+            update = self.optimize(samples, self._micro_step)
+        self._prox, self._seen = {}, {}
         m = LearnerMetrics(**self._mismatch(prox, samples))
-        m.lr = self.set_lr_for_step()
-        self._prox = {id(s): p for s, p in zip(samples, prox)}  # read by _micro_step
-        update = self.optimize(samples, self._micro_step)
-        self._prox = {}
+        m.lr = lr
         if update.skipped and self.rank == 0:
             log.warning("train step %d: %d optimizer step(s) skipped for a non-finite loss/gradient",
                         self.train_steps, update.skipped)
@@ -161,7 +198,13 @@ class PolicyLearner(DeepSpeedTrainerBase):
         ranks in step but contributes 0."""
         lp, ent, mask = self._forward(mb, with_entropy=True)
         width, dev = lp.shape[1], lp.device
-        old = pad_rows([self._prox[id(s)] for s in mb], width).to(dev)
+        if self._prox is None:
+            old = lp.detach()
+            if real:
+                rows = old.float().cpu()
+                self._seen.update({id(s): rows[i, : s.response_length] for i, s in enumerate(mb)})
+        else:
+            old = pad_rows([self._prox[id(s)] for s in mb], width).to(dev)
         behav = pad_rows([s.old_logprobs for s in mb], width).to(dev)
         adv = pad_rows([s.advantages for s in mb], width).to(dev)
         if not real:

@@ -12,8 +12,9 @@ import torch
 
 
 class ReferenceModel:
-    """spec: the model, dtype, micro-batch size and temperature (must match the sampling
-    temperature, as the learner's does: log-probs of logits / temperature).
+    """spec: the model, dtype, micro-batch size, temperature (must match the sampling
+    temperature, as the learner's does: log-probs of logits / temperature) and pack_prompts
+    (as the learner's: rlsys/models/packing.py).
     device: "auto" = the current CUDA device if there is one, else CPU.
     """
 
@@ -31,17 +32,21 @@ class ReferenceModel:
         self.model.eval()
         self.model.requires_grad_(False)
         self.pad_token_id = pad_token_id(self.processor)
+        from rlsys.models.packing import packable
+
+        self.pack_prompts = spec.pack_prompts and packable(self.model, self.processor)
 
     @torch.no_grad()
     def compute_logprobs(self, samples: Sequence[Any]) -> list[torch.Tensor]:
         """samples: TrainSample-like (input_ids [P+R], response_start, images).
         -> list of [R_i] float32 CPU tensors, in input order."""
-        from rlsys.models.forward import collate, token_logprobs
+        from rlsys.models.forward import token_logprobs
+        from rlsys.models.packing import collate_for_forward
 
         out: list[torch.Tensor] = []
         for i in range(0, len(samples), self.micro_batch_size):
             mb = list(samples[i:i + self.micro_batch_size])
-            batch = collate(mb, self.processor, self.pad_token_id)
+            batch = collate_for_forward(mb, self.processor, self.pad_token_id, self.model, self.pack_prompts)
             lp, _, _ = token_logprobs(self.model, batch, temperature=self.temperature,
                                       with_entropy=False)
             out += [lp[j, : s.response_length].float().cpu() for j, s in enumerate(mb)]

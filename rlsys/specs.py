@@ -47,6 +47,9 @@ class EngineSpec:
     max_num_seqs: Optional[int] = None
     kv_cache_space_gib: float = 1.0
     trust_remote_code: bool = False
+    # vLLM executor (rlsys/models/engine.py): "auto" = uni at TP 1, mp (one node) at TP > 1;
+    # "ray" for GPU workers in the engine's own placement group of one-GPU bundles.
+    distributed_executor_backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class LearnerSpec:
     kl_coef, kl_estimator: KL(pi || pi_ref) as a loss term (0 disables).
     max_is_weight: cap of the truncated importance weight pi_old / pi_behaviour; None disables.
     temperature: the sampling temperature; log-probs are of logits / temperature.
+    pack_prompts: run each shared prompt once per forward (rlsys/models/packing.py).
     """
 
     trainer: TrainerSpec
@@ -99,6 +103,7 @@ class LearnerSpec:
     entropy_coef: float = 0.0
     max_is_weight: Optional[float] = None
     temperature: float = 1.0
+    pack_prompts: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class ReferenceSpec:
     temperature: float = 1.0
     micro_batch_size: int = 8
     trust_remote_code: bool = False
+    pack_prompts: bool = True
 
 
 @dataclass(frozen=True)
@@ -305,7 +311,8 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
         seq_clip_low=a.seq_clip_low, seq_clip_high=a.seq_clip_high,
         # KL folded into the reward is not also a loss term.
         kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_estimator=a.kl_estimator,
-        entropy_coef=a.entropy_coef, max_is_weight=a.max_is_weight, temperature=cfg.rollout.temperature)
+        entropy_coef=a.entropy_coef, max_is_weight=a.max_is_weight, temperature=cfg.rollout.temperature,
+        pack_prompts=lr_cfg.pack_prompts)
     critic = None
     if cfg.critic.enabled:
         c = cfg.critic
@@ -315,7 +322,8 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
     if a.kl_coef > 0:
         # Same temperature as the learner: the KL compares the two tempered distributions.
         reference = ReferenceSpec(model_path=cfg.reference.path or model_path, dtype=cfg.model.dtype,
-                                  temperature=cfg.rollout.temperature, trust_remote_code=cfg.model.trust_remote_code)
+                                  temperature=cfg.rollout.temperature, trust_remote_code=cfg.model.trust_remote_code,
+                                  pack_prompts=cfg.learner.pack_prompts)
     return RoleSpecs(engine=engine_spec(cfg, model_path), reward=reward_spec(cfg), learner=learner,
                      critic=critic, reference=reference, train_sampling=train_sampling(cfg),
                      eval_sampling=eval_sampling(cfg), reward_models=reward_model_roles(cfg, model_path))

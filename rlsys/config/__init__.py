@@ -27,7 +27,7 @@ from rlsys.config.schema import (
     SyntheticConfig,
     f,
 )
-from rlsys.config.validation import gpu_plan, offline_groups, validate
+from rlsys.config.validation import first_fit, gpu_plan, learner_backend, offline_groups, validate, weight_sync_backend
 
 __all__ = [
     "ALGORITHM_ADVANTAGE", "AlgorithmConfig", "CheckpointConfig", "ConfigError", "FaultConfig", "CriticConfig",
@@ -35,5 +35,5 @@ __all__ = [
     "ResourcesConfig", "RewardComponent", "RewardConfig", "RolloutConfig", "RunConfig",
     "SamplingConfig", "SyntheticConfig", "f",
     "documented_yaml", "load_config", "parse_override", "to_dict", "to_yaml",
-    "gpu_plan", "offline_groups", "validate",
+    "first_fit", "gpu_plan", "learner_backend", "offline_groups", "validate", "weight_sync_backend",
 ]

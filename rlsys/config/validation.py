@@ -72,6 +72,7 @@ def validate(cfg: RunConfig) -> None:
     if any(g > 0 for g in gpus) and cfg.resources.gpus_per_engine not in (0, cfg.rollout.tensor_parallel_size):
         raise ConfigError(f"resources.gpus_per_engine = {cfg.resources.gpus_per_engine}: must equal "
                           f"rollout.tensor_parallel_size ({cfg.rollout.tensor_parallel_size}) on GPUs")
+    _check_device_plan(cfg)
     _check_gpu_plan(cfg)
     for where, comps in (("reward.components", cfg.reward.components), ("eval.rewards", cfg.eval.rewards or [])):
         for i, comp in enumerate(comps):
@@ -159,7 +160,87 @@ def gpu_plan(cfg: RunConfig) -> list[float]:
     return plan
 
 
+def learner_backend(cfg: RunConfig) -> str:
+    """The collective backend the learner (and critic) ranks open: `learner.backend`, or for
+    'auto' what the rank finds (actors/__init__.py: NCCL when it sees a GPU, i.e. when
+    resources.gpus_per_learner > 0, else gloo)."""
+    if cfg.learner.backend != "auto":
+        return cfg.learner.backend
+    return "nccl" if cfg.resources.gpus_per_learner > 0 else "gloo"
+
+
+def weight_sync_backend(cfg: RunConfig) -> str:
+    """The backend of the learner -> engines broadcast group (collective weight sync). It follows
+    `learner.backend`: an explicit 'nccl' or 'gloo' is used as it is (validation rejects NCCL
+    with engines that have no GPU); 'auto' picks NCCL when the learner ranks and the engines both
+    have GPUs, else gloo (a GPU learner syncing CPU engines goes through gloo)."""
+    if cfg.learner.backend != "auto":
+        return cfg.learner.backend
+    r = cfg.resources
+    return "nccl" if r.gpus_per_learner > 0 and r.gpus_per_engine > 0 else "gloo"
+
+
+def _check_device_plan(cfg: RunConfig) -> None:
+    """Plans that cannot start on the devices they ask for: GPU layouts of tensor-parallel
+    engines, NCCL learner ranks, the reference on a GPU plan, the weight-sync backend."""
+    r, ro = cfg.resources, cfg.rollout
+    tp = ro.tensor_parallel_size
+    if cfg.learner.backend == "gloo" and r.gpus_per_learner > 0:
+        # rlsys/deepspeed_base.py computes on cuda only with NCCL.
+        raise ConfigError(f"learner.backend = 'gloo' with resources.gpus_per_learner = {r.gpus_per_learner:g}: "
+                          "gloo ranks train on CPU and their GPUs would sit idle; use nccl (or auto), or "
+                          "gpus_per_learner = 0")
+    if learner_backend(cfg) == "nccl" and r.gpus_per_learner != 1:
+        why = ("NCCL cannot put two ranks of one group on one GPU" if r.gpus_per_learner < 1
+               else f"a rank computes on one GPU (cuda:0), the other {r.gpus_per_learner - 1:g} would sit idle")
+        raise ConfigError(f"resources.gpus_per_learner = {r.gpus_per_learner:g}: NCCL learner and critic ranks "
+                          f"take exactly 1 GPU each ({why})")
+    if tp > 1 and r.gpus_per_engine == 0 and r.gpus_per_learner > 0:
+        raise ConfigError(f"rollout.tensor_parallel_size = {tp}: the learner is on GPUs but "
+                          f"resources.gpus_per_engine = 0 gives the engines none; set resources.gpus_per_engine = "
+                          f"{tp} (tensor parallel on CPU needs a plan without GPUs)")
+    if tp > 1 and r.gpus_per_engine == 0 and r.cpus_per_engine < tp:
+        raise ConfigError(f"rollout.tensor_parallel_size = {tp} on CPU: each tensor-parallel worker is a process "
+                          f"on a CPU of its own, resources.cpus_per_engine = {r.cpus_per_engine:g} gives the engine "
+                          f"fewer; set resources.cpus_per_engine >= {tp}")
+    if cfg.learner.weight_sync == "object_store" and tp > 1:
+        # vLLM's mp executor cannot re-pickle tensor arguments for its TP workers
+        # (tests/integration/test_tp_engine.py, the xfail); the collective path syncs every worker.
+        raise ConfigError(f"learner.weight_sync = 'object_store': not supported with rollout.tensor_parallel_size = "
+                          f"{tp} yet; use learner.weight_sync = collective")
+    if (cfg.learner.weight_sync == "collective" and weight_sync_backend(cfg) == "nccl"
+            and r.gpus_per_engine == 0):
+        raise ConfigError("learner.weight_sync = 'collective': weight sync follows learner.backend = 'nccl' and "
+                          "the engines have no GPU (resources.gpus_per_engine = 0); give them GPUs, or use "
+                          "learner.weight_sync = object_store")
+    if cfg.algorithm.kl_coef > 0 and r.gpus_per_learner > 0 and r.gpus_reference == 0:
+        raise ConfigError(f"resources.gpus_reference = 0: algorithm.kl_coef = {cfg.algorithm.kl_coef:g} needs a "
+                          f"reference model and the learner ranks are on GPUs (resources.gpus_per_learner = "
+                          f"{r.gpus_per_learner:g}); a reference on CPU would run the policy-sized forward of "
+                          "every batch there; give it a GPU (resources.gpus_reference = 1)")
+
+
+def first_fit(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> int | None:
+    """First-fit decreasing of `bundles` (resource dicts) onto `nodes` (each node's resources;
+    a missing key is 0): None when every bundle fits, else the index (into `bundles`) of the
+    first one no node has room for. Larger bundles (GPUs first, then CPUs) go first, so a
+    tensor-parallel engine is not left without a whole node's GPUs by the 1-GPU ranks."""
+    free = [dict(n) for n in nodes]
+    order = sorted(range(len(bundles)), key=lambda i: (-bundles[i].get("GPU", 0.0), -bundles[i].get("CPU", 0.0)))
+    for i in order:
+        need = bundles[i]
+        slot = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in need.items())), None)
+        if slot is None:
+            return i
+        for k, v in need.items():
+            slot[k] = slot.get(k, 0.0) - v
+    return None
+
+
 def _check_gpu_plan(cfg: RunConfig) -> None:
+    """The GPU plan against the recipe's declared cluster (resources.nodes x gpus_per_node);
+    the same packing runs against the real cluster at start (rlsys/distributed/placement.py
+    check_plan_against_cluster)."""
     r = cfg.resources
     if r.nodes is None or r.gpus_per_node is None:
         return
@@ -168,13 +249,9 @@ def _check_gpu_plan(cfg: RunConfig) -> None:
         raise ConfigError(f"resources.gpus_per_node = {r.gpus_per_node}: one actor asks for {max(plan)} GPUs "
                           "(a bundle cannot span nodes)")
     # First-fit on whole nodes: a tensor-parallel engine needs all its GPUs on one node.
-    free = [float(r.gpus_per_node)] * r.nodes
-    for need in sorted(plan, reverse=True):
-        slot = next((i for i, left in enumerate(free) if left >= need - 1e-9), None)
-        if slot is None:
-            raise ConfigError(f"resources.nodes = {r.nodes}: the roles need {sum(plan):g} GPUs "
-                              f"({plan}) but {r.nodes} x {r.gpus_per_node} cannot hold them")
-        free[slot] -= need
+    if first_fit([{"GPU": g} for g in plan], [{"GPU": float(r.gpus_per_node)}] * r.nodes) is not None:
+        raise ConfigError(f"resources.nodes = {r.nodes}: the roles need {sum(plan):g} GPUs "
+                          f"({plan}) but {r.nodes} x {r.gpus_per_node} cannot hold them")
 
 
 # ----------------------------------------------------------------------------- rewards

@@ -29,7 +29,7 @@ class Roles:
     critic: Optional[CriticGroup]
     train_sampling: SamplingSpec
     eval_sampling: SamplingSpec
-    placement_group: Any = None
+    placement_group: Any = None  # a rlsys.distributed.placement.Placement (or one placement group)
     reward_models: list = field(default_factory=list)  # a RewardModelPool per model entry of reward.components
     recovery: Optional[Recovery] = None  # None: a dead actor ends the run
     pump: StreamPump = field(default_factory=StreamPump)
@@ -100,9 +100,7 @@ class Roles:
         self.rollout.actors[i] = engine
         self.rollout.outstanding[i] = 0
         version = ray.get(self.learner.actors[0].policy_version.remote())
-        buckets = self.learner.call_all(lambda a: a.weight_buckets.remote(self.cfg.learner.sync_bucket_mb))[0]
-        for bucket in buckets:
-            ray.get(engine.load_weights.remote(bucket, version))
+        self._load_buckets([engine], version)
         self.recovery.sync_group_stale = True
         self.recovery.add_seconds("engine", time.perf_counter() - t0)
 
@@ -147,8 +145,6 @@ class Roles:
 
     def sync_weights(self, version: int) -> float:
         """Learner -> every engine; returns seconds. Collective: all learner ranks take part."""
-        import ray
-
         t0 = time.perf_counter()
         if self.cfg.learner.weight_sync == "collective":
             if self.recovery is not None and self.recovery.sync_group_stale:
@@ -158,11 +154,18 @@ class Roles:
             refs += [e.receive_weights.remote() for e in self.rollout.actors]
             self._get_sync(refs)
         else:
-            refs = [a.weight_buckets.remote(self.cfg.learner.sync_bucket_mb) for a in self.learner.actors]
-            buckets = ray.get(refs)[0]
-            for bucket in buckets:
-                ray.get([e.load_weights.remote(bucket, version) for e in self.rollout.actors])
+            self._load_buckets(self.rollout.actors, version)
         return time.perf_counter() - t0
+
+    def _load_buckets(self, engines: list, version: int) -> None:
+        """Object-store sync: learner rank 0 puts each bucket (whole fused layers) into the object
+        store once; each engine pulls it by reference and loads it into every worker. The driver
+        only passes ObjectRefs along: it never holds (or deserialises) any weights."""
+        import ray
+
+        refs = self.learner.call_all(lambda a: a.weight_bucket_refs.remote(self.cfg.learner.sync_bucket_mb))[0]
+        for k, ref in enumerate(refs):
+            ray.get([e.load_bucket.remote(ref, version, k == len(refs) - 1) for e in engines])
 
     def _get_sync(self, refs: list) -> None:
         """Wait for a sync; a dead engine is restarted (it loads the new weights itself)."""
@@ -246,7 +249,8 @@ class Roles:
 
     def shutdown(self) -> None:
         import ray
-        from ray.util.placement_group import remove_placement_group
+
+        from rlsys.distributed.placement import release_placement
 
         actors = list(self.rollout.actors) + [self.reward.actor] + list(self.learner.actors)
         actors += [self.reference.actor] if self.reference else []
@@ -255,7 +259,7 @@ class Roles:
         for a in actors:
             ray.kill(a)
         if self.placement_group is not None:
-            remove_placement_group(self.placement_group)
+            release_placement(self.placement_group)
 
 
 @dataclass
@@ -269,11 +273,12 @@ class GenerationRoles:
 
     def shutdown(self) -> None:
         import ray
-        from ray.util.placement_group import remove_placement_group
+
+        from rlsys.distributed.placement import release_placement
 
         for a in list(self.rollout.actors) + [self.reward.actor]:
             ray.kill(a)
-        remove_placement_group(self.placement_group)
+        release_placement(self.placement_group)
 
 
 def _alive(actor, timeout_s: Optional[float] = 30.0) -> bool:

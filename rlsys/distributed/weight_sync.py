@@ -2,14 +2,18 @@
 
 The group is built from its own `TCPStore` + `ProcessGroupGloo` (NCCL on GPU) so it never
 touches the default process group that DeepSpeed (learner) or vLLM (engine) initialised in
-the same process. Rank 0 is the sender (learner rank 0); ranks 1..W-1 are receivers (one per
-rollout engine). Every transfer is versioned; a receiver reports the version it holds.
+the same process. Rank 0 is the sender (learner rank 0); ranks 1..W-1 are receivers: every vLLM worker of every
+rollout engine (engine e's TP worker t is rank 1 + sum of the TP sizes of engines before e + t,
+so W = 1 + sum of TP sizes). Each worker joins from inside vLLM, through the worker extension
+(rlsys/models/engine.py), and reloads each bucket as it arrives. Every transfer is versioned; a
+receiver reports the version it holds.
 
 Wire format of one transfer, all by `broadcast` from rank 0:
   for each bucket: header length [1] int64, header (pickled dict) uint8, payload uint8
   then an end header {"version": v, "end": True} with no payload.
-A bucket holds whole tensors whose bytes total <= bucket_mb (a larger tensor travels alone);
-tensors are packed as raw bytes at 16-byte aligned offsets, so any dtype mix fits one buffer
+A bucket holds whole fused groups (`fused_group`: q/k/v of one attention, gate/up of one MLP,
+weight and bias of one module) whose bytes total <= bucket_mb (a larger group travels alone), so
+a receiver can load each bucket into vLLM's fused layers as soon as it arrives; tensors are packed as raw bytes at 16-byte aligned offsets, so any dtype mix fits one buffer
 and the receiver can view each tensor in place without a copy.
 
 Object-store fallback (no direct connectivity): `bucketize(named_tensors, bucket_mb)` gives
@@ -98,21 +102,65 @@ def gloo_group(store, rank: int, world_size: int, timeout: timedelta, host: str)
     return dist.ProcessGroupGloo(store, rank, world_size, opts)
 
 
-def bucketize(named_tensors: Iterable[NamedTensor], bucket_mb: float) -> Iterator[list[NamedTensor]]:
-    """Group a stream of (name, tensor) into lists whose tensors total <= bucket_mb MiB.
+# HF sub-modules vLLM fuses into one layer (its `packed_modules_mapping` for Qwen2/2.5-VL, Llama
+# and most decoder models): a bucket never splits such a set.
+FUSED_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                 "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 
-    Lazy: at most one bucket is held at a time, so a ZeRO-3 gather stream stays bounded.
+
+def fused_group(name: str) -> str:
+    """The load unit of an HF parameter name in vLLM: its module, with q/k/v and gate/up
+    mapped to the fused module vLLM builds from them.
+
+    >>> fused_group("model.layers.3.self_attn.k_proj.bias")
+    'model.layers.3.self_attn.qkv_proj'
+    """
+    module, _, _ = name.rpartition(".")
+    parent, _, leaf = module.rpartition(".")
+    if leaf in FUSED_MODULES:
+        return f"{parent}.{FUSED_MODULES[leaf]}"
+    return module
+
+
+def bucketize(named_tensors: Iterable[NamedTensor], bucket_mb: float,
+              group_key=fused_group) -> Iterator[list[NamedTensor]]:
+    """Group a stream of (name, tensor) into lists whose tensors total <= bucket_mb MiB, never
+    splitting a group (`group_key(name)`: by default a vLLM fused layer; a group bigger than
+    `bucket_mb` is one bucket of its own). `group_key=None`: every tensor is its own group.
+
+    Lazy: at most one bucket (plus the group being collected) is held at a time, so a ZeRO-3
+    gather stream stays bounded. A group's tensors must come one after another (a module's
+    parameters do, in `named_parameters()` order); a group that comes back after another one
+    raises, as its bucket could not be loaded on its own.
     """
     limit = int(bucket_mb * 2**20)
     bucket: list[NamedTensor] = []
     size = 0
+    group: list[NamedTensor] = []
+    group_size = 0
+    key = None
+    done: set = set()
     for name, t in named_tensors:
-        nbytes = t.numel() * t.element_size()
-        if bucket and size + nbytes > limit:
+        k = group_key(name) if group_key is not None else object()
+        if group and k != key:
+            if bucket and size + group_size > limit:
+                yield bucket
+                bucket, size = [], 0
+            bucket.extend(group)
+            size += group_size
+            done.add(key)
+            group, group_size = [], 0
+        if group_key is not None and k in done:
+            raise ValueError(f"weight sync: {name!r} of group {k!r} comes after other groups; a fused "
+                             "layer's tensors must be sent one after another")
+        key = k
+        group.append((name, t))
+        group_size += t.numel() * t.element_size()
+    if group:
+        if bucket and size + group_size > limit:
             yield bucket
-            bucket, size = [], 0
-        bucket.append((name, t))
-        size += nbytes
+            bucket = []
+        bucket.extend(group)
     if bucket:
         yield bucket
 
@@ -122,21 +170,39 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
+class StreamDigest:
+    """`tensors_digest` computed tensor by tensor as a stream goes by (holds one sha256 per name)."""
+
+    def __init__(self):
+        self.per_name: list[tuple[str, str]] = []
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(_as_bytes(t.cpu()).numpy().tobytes())
+        self.per_name.append((name, h.hexdigest()))
+
+    def wrap(self, named_tensors: Iterable[NamedTensor]) -> Iterator[NamedTensor]:
+        for name, t in named_tensors:
+            self.add(name, t)
+            yield name, t
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for name, d in sorted(self.per_name):
+            total.update(f"{name}={d};".encode())
+        return total.hexdigest()
+
+
 def tensors_digest(named_tensors: Iterable[NamedTensor]) -> str:
     """Order-independent sha256 over names, dtypes, shapes and exact bytes.
 
     Two sides holding bit-identical weights give the same digest, whatever order they saw
     them in; per-tensor digests are combined sorted by name, so memory stays O(#tensors).
     """
-    per_name = []
+    d = StreamDigest()
     for name, t in named_tensors:
-        h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(_as_bytes(t.cpu()).numpy().tobytes())
-        per_name.append((name, h.hexdigest()))
-    total = hashlib.sha256()
-    for name, d in sorted(per_name):
-        total.update(f"{name}={d};".encode())
-    return total.hexdigest()
+        d.add(name, t)
+    return d.hexdigest()
 
 
 def _open_group(host: str, port: int, world_size: int, rank: int, backend: str, timeout_s: float):
@@ -229,25 +295,33 @@ class WeightSyncSender:
 
 
 class WeightSyncReceiver:
-    """A member (rank >= 1) of the weight-sync group, in a rollout actor.
+    """A member (rank >= 1) of the weight-sync group: a vLLM worker (through the worker extension,
+    rlsys/models/engine.py) or any process that takes the learner's weights.
 
     `version` is -1 until a transfer completes, then the version of the weights received.
+    `last_bytes` / `peak_buffer_bytes`: payload bytes of the last transfer, and the most payload
+    bytes this receiver held at once in it (one bucket, plus the next while it arrives).
     """
 
     def __init__(self, host: str, port: int, world_size: int, rank: int, *,
                  backend: str = "gloo", timeout_s: float = 600.0):
         if not 1 <= rank < world_size:
             raise ValueError(f"receiver rank must be in [1, {world_size}), got {rank}")
+        self.rank = rank
         self.version = -1
+        self.last_bytes = 0
+        self.peak_buffer_bytes = 0
         self.pg, self.device = _open_group(host, port, world_size, rank, backend, timeout_s)
 
     def receive(self) -> Iterator[NamedTensor]:
         """Yield (HF name, tensor) of one transfer, bucket by bucket, as they arrive.
 
-        Must be consumed to the end (e.g. by `VLLMEngine.update_weights`): the group is
+        Must be consumed to the end (e.g. by vLLM's `reload_weights`): the group is
         collective, a half-read transfer leaves it out of step with the sender. Yielded
-        tensors are views of a per-bucket buffer that is never reused, so they stay valid.
+        tensors are views of a per-bucket buffer that is never reused, so they stay valid;
+        the buffer is freed once its views are (this generator drops it before the next).
         """
+        self.last_bytes = self.peak_buffer_bytes = 0
         while True:
             header = _recv_obj(self.pg, self.device)
             if header["end"]:
@@ -255,6 +329,8 @@ class WeightSyncReceiver:
                 return
             payload = torch.empty(header["nbytes"], dtype=torch.uint8, device=self.device)
             _broadcast(self.pg, payload)
+            self.last_bytes += header["nbytes"]
+            self.peak_buffer_bytes = max(self.peak_buffer_bytes, header["nbytes"])
             for name, dtype, shape, off in header["entries"]:
                 dt = getattr(torch, dtype)
                 numel = 1
@@ -262,3 +338,4 @@ class WeightSyncReceiver:
                     numel *= s
                 nbytes = numel * torch.empty((), dtype=dt).element_size()
                 yield name, payload[off:off + nbytes].view(dt).view(shape)
+            del payload

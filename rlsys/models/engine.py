@@ -7,8 +7,25 @@
   methods (no pickled callables, so no VLLM_ALLOW_INSECURE_SERIALIZATION). Bucketed updates
   are staged until complete, then reloaded at once (a partial fused layer would be garbage).
 
-On CPU run it in-process: VLLM_ENABLE_V1_MULTIPROCESSING=0 (the constructor sets it unless
-the caller already chose), VLLM_CPU_KVCACHE_SPACE=<GiB> (from `kv_cache_space_gib`).
+Executors (`distributed_executor_backend`, chosen explicitly, never left to vLLM's guess):
+- "uni" (tensor_parallel_size = 1): the model runs in this process, as a single worker
+  (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the caller already chose).
+- "mp" (the default for TP > 1): vLLM's engine core and one worker process per TP rank on this
+  node (VLLM_ENABLE_V1_MULTIPROCESSING=1). The workers use exactly the devices of this process:
+  on GPU the ones Ray made visible to the actor (its bundle holds TP GPUs; worker t uses the
+  t-th); on CPU each worker is bound to its own cores of this node (VLLM_CPU_OMP_THREADS_BIND,
+  from `cpu_thread_binding`).
+- "ray" (GPUs across bundles or nodes): vLLM's Ray executor, as vLLM's RLHF example runs it.
+  The actor must run in the engine's *own* placement group of TP one-GPU bundles (vLLM rejects a
+  group with any bundle of more than one GPU), with `placement_group_capture_child_tasks=True`
+  and no GPU of its own; `ray_bundle_indices` (VLLM_RAY_BUNDLE_INDICES) names the bundles the
+  workers take, one each. Not available on CPU ("current platform cpu does not support ray").
+
+Weight sync happens inside every worker (`WeightReloadExtension.rlsys_open_weight_sync` /
+`rlsys_receive_weights`): each joins the learner's broadcast group with its own rank and reloads
+the buckets as they arrive (rlsys/distributed/weight_sync.py).
+
+VLLM_CPU_KVCACHE_SPACE=<GiB> comes from `kv_cache_space_gib`.
 """
 from __future__ import annotations
 
@@ -22,8 +39,8 @@ from rlsys.protocol import Prompt, Rollout, RolloutGroup
 class WeightReloadExtension:
     """Mixed into every vLLM worker (`worker_extension_cls`); `self` is the worker.
 
-    Subclass it to add transport-specific receive methods (e.g. NCCL/gloo broadcast) and
-    pass the subclass's qualified name to VLLMEngine(worker_extension_cls=...).
+    Subclass it to add transport-specific receive methods and pass the subclass's qualified
+    name to VLLMEngine(worker_extension_cls=...).
     """
 
     def rlsys_reload_weights(self, named_tensors) -> int:
@@ -38,12 +55,193 @@ class WeightReloadExtension:
         return len(tensors)
 
     def rlsys_weight_checksum(self) -> float:
-        """Sum of all parameters (float64): a cheap 'did the weights change' probe."""
+        """Sum of this worker's parameters (float64): a cheap 'did the weights change' probe.
+        With TP > 1 each worker sums its own shards (and the replicated tensors)."""
         import torch
 
         model = self.model_runner.get_model()
         with torch.no_grad():
             return float(sum(p.double().sum() for p in model.parameters()))
+
+    # ---- weight sync inside the worker (rlsys/distributed/weight_sync.py)
+
+    def rlsys_open_weight_sync(self, host: str, port: int, world_size: int, first_rank: int,
+                               backend: str, timeout_s: float = 600.0) -> int:
+        """Join the learner's broadcast group as rank `first_rank` + this worker's rank in its
+        engine (its TP rank); blocks until every member has joined. Returns the rank."""
+        from rlsys.distributed.weight_sync import WeightSyncReceiver
+
+        old = getattr(self, "_rlsys_receiver", None)
+        self._rlsys_receiver = None
+        del old  # a reopened group (after a restart elsewhere) replaces the old one
+        rank = int(first_rank) + int(self.rank)
+        self._rlsys_receiver = WeightSyncReceiver(host, port, world_size, rank, backend=backend,
+                                                  timeout_s=timeout_s)
+        self._rlsys_digest = None
+        return rank
+
+    def rlsys_receive_weights(self, digest: bool = False) -> dict:
+        """Take one broadcast into this worker's model, each bucket loaded as it arrives (one
+        streaming `reload_weights`: vLLM processes a layer as soon as all its tensors are in,
+        and buckets hold whole fused layers, so no second copy of the model is ever held).
+
+        digest=True also hashes what arrived (`tensors_digest` of the HF tensors), to compare
+        with the learner's `params_digest`. Returns this worker's rank, version, bytes,
+        seconds, largest bucket held and digest (or None)."""
+        import time
+
+        from rlsys.distributed.weight_sync import StreamDigest
+
+        rx = self._rlsys_receiver
+        if rx is None:
+            raise RuntimeError("rlsys_receive_weights: no weight-sync group (rlsys_open_weight_sync first)")
+        t0 = time.perf_counter()
+        acc = StreamDigest() if digest else None
+        stream = rx.receive()
+        self._rlsys_stream_reload(acc.wrap(stream) if acc is not None else stream)
+        self._rlsys_digest = acc.hexdigest() if acc is not None else None
+        return {"rank": rx.rank, "version": rx.version, "bytes": rx.last_bytes,
+                "peak_buffer_mb": rx.peak_buffer_bytes / 2**20, "seconds": time.perf_counter() - t0,
+                "digest": self._rlsys_digest}
+
+    def _rlsys_stream_reload(self, named_tensors) -> None:
+        try:
+            self.reload_weights(weights_iterator=named_tensors, is_checkpoint_format=True)
+        except BaseException:
+            # The transfer broke between buckets (a dead peer): layers loaded so far hold the new
+            # weights, the others still sit on the meta device waiting for theirs. Put those back
+            # (vLLM's own end-of-reload step), so the engine keeps generating with a usable model.
+            try:
+                from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+                finalize_layerwise_reload(self.model_runner.get_model(), self.model_runner.model_config)
+            except Exception:
+                pass
+            raise
+
+    def rlsys_peak_memory_mb(self) -> dict:
+        """This worker process's peak memory (rlsys/memory.py) and current RSS."""
+        from rlsys.memory import peak_memory_mb
+
+        out = dict(peak_memory_mb())
+        out["rss_mb"] = _rss_mb()
+        out["hwm_mb"] = peak_rss_mb()  # peak RSS since rlsys_reset_peak_memory
+        out["rank"] = int(self.rank)
+        return out
+
+    def rlsys_reset_peak_memory(self) -> None:
+        _reset_peak_rss()
+
+    def rlsys_worker_info(self) -> dict:
+        """Where this worker runs: pid, rank in its engine, the cores its threads may use, its
+        OpenMP thread count and its device (checks that each engine has exactly its own)."""
+        import torch
+
+        device = str(getattr(self, "device", "cpu"))
+        return {"pid": os.getpid(), "rank": int(self.rank), "cores": sorted(os.sched_getaffinity(0)),
+                "threads": torch.get_num_threads(), "device": device,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS (Linux: VmHWM, which getrusage's ru_maxrss does not follow;
+    rlsys/memory.py's figure stays the lifetime peak)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last `_reset_peak_rss` (VmHWM), MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+EXECUTORS = ("auto", "uni", "mp", "ray")
+
+
+def executor_backend(tensor_parallel_size: int, requested: str = "auto") -> str:
+    """The vLLM executor an engine uses: "uni" for one worker, "mp" for TP > 1 on one node
+    (the default), "ray" only when asked for (GPUs across bundles; see the module docstring)."""
+    if requested not in EXECUTORS:
+        raise ValueError(f"distributed_executor_backend = {requested!r}: must be one of {EXECUTORS}")
+    if requested == "auto":
+        return "uni" if tensor_parallel_size == 1 else "mp"
+    if requested == "uni" and tensor_parallel_size != 1:
+        raise ValueError(f"distributed_executor_backend = 'uni' runs one worker; tensor_parallel_size = "
+                         f"{tensor_parallel_size} needs 'mp' or 'ray'")
+    return requested
+
+
+def cpu_thread_binding(tensor_parallel_size: int, cores: Optional[Sequence[int]] = None,
+                       cpus: Optional[float] = None, slot: int = 0) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for a CPU engine of `tensor_parallel_size` worker processes:
+    each worker gets its own core(s), "0|1" for TP 2 with one core each.
+
+    cores: the cores this process may run on (default: its affinity mask); cpus: the CPUs Ray
+    gave the engine (default: an even share of `cores`), split evenly over the workers, at least
+    one each; slot: where this engine's cores start, in units of one engine's cores (engines
+    on one node, e.g. by bundle index, take consecutive windows, wrapping around).
+    """
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    tp = int(tensor_parallel_size)
+    if tp > len(cores):
+        raise ValueError(f"tensor_parallel_size = {tp} on CPU: each worker needs a core of its own, this "
+                         f"process may use {len(cores)} ({cores})")
+    per = len(cores) // tp
+    if cpus is not None:
+        per = max(1, min(per, int(cpus) // tp))
+    width = per * tp
+    start = (int(slot) * width) % len(cores)
+    window = [cores[(start + i) % len(cores)] for i in range(width)]
+    return "|".join(",".join(str(c) for c in window[r * per:(r + 1) * per]) for r in range(tp))
+
+
+def actor_cpu_share() -> tuple[Optional[float], int]:
+    """(CPUs Ray assigned to this actor, its bundle index in its placement group) from Ray's
+    runtime context; (None, 0) outside Ray, 0 for the index when Ray does not say."""
+    import re
+
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None, 0
+        ctx = ray.get_runtime_context()
+        cpus = ctx.get_assigned_resources().get("CPU")
+    except Exception:
+        return None, 0
+    slot = 0
+    try:
+        # The public map drops the placement-group form of the names; the raw one keeps
+        # CPU_group_<bundle index>_<group id> for an actor in a bundle.
+        for key in ctx.worker.core_worker.resource_ids():
+            m = re.fullmatch(r"CPU_group_(\d+)_[0-9a-f]+", key)
+            if m:
+                slot = int(m.group(1))
+                break
+    except Exception:
+        pass
+    return cpus, slot
 
 
 _EXTENSION = f"{__name__}.WeightReloadExtension"
@@ -106,18 +304,38 @@ class VLLMEngine:
                  kv_cache_space_gib: Optional[float] = 1.0, enforce_eager: bool = True,
                  max_images_per_prompt: int = 4, logprobs_mode: str = "processed_logprobs",
                  worker_extension_cls: str = _EXTENSION, trust_remote_code: bool = False,
-                 **llm_kwargs: Any):
+                 distributed_executor_backend: str = "auto", cpu_binding: Optional[str] = None,
+                 ray_bundle_indices: Optional[Sequence[int]] = None, **llm_kwargs: Any):
         """
         logprobs_mode: "processed_logprobs" (default) returns log-probs of the distribution
             actually sampled from — after temperature, and after top-k/top-p truncation when
             those are on — so with top_p=1 they equal `token_logprobs(..., temperature)`.
             "raw_logprobs" gives the untempered model distribution (vLLM's own default).
+        distributed_executor_backend: "auto" (uni for TP 1, mp for TP > 1), "uni", "mp" or "ray"
+            (module docstring).
+        cpu_binding: VLLM_CPU_OMP_THREADS_BIND for an "mp" engine on CPU (default: from
+            `cpu_thread_binding` with this actor's CPUs and bundle index; a value the
+            environment already holds with one entry per worker wins).
+        ray_bundle_indices: "ray" executor: the bundles of the actor's placement group the TP
+            workers take (VLLM_RAY_BUNDLE_INDICES); default 0..TP-1.
         llm_kwargs: passed to vllm.LLM unchanged (e.g. enable_prefix_caching, max_num_seqs).
         """
         if kv_cache_space_gib is not None:
             # vLLM reads whole GiB ("1.0" fails its int parse).
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_space_gib)))))
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        tp = int(tensor_parallel_size)
+        self.executor = executor_backend(tp, distributed_executor_backend)
+        self.tensor_parallel_size = tp
+        if self.executor == "uni":
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        else:
+            # Worker processes (and vLLM's engine core process) for every TP rank. Set here, not
+            # only in the actor's runtime env, which keeps TP-1 engines in-process.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+        if self.executor == "ray" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+            # The actor holds no GPU itself (its workers take the bundles): Ray hid every GPU from
+            # it, and vLLM would then not find its GPU platform (vLLM's RLHF example does the same).
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
         from vllm import LLM
 
         from rlsys.models.loading import load_processor
@@ -135,6 +353,22 @@ class VLLMEngine:
             # with Generator.set_offset, which CPU generators lack ("CPU Generator does not use
             # offset"): seeded sampling on CPU needs whole-prompt prefills.
             llm_kwargs.setdefault("enable_chunked_prefill", False)
+            if self.executor == "mp":
+                given = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+                if cpu_binding is None and (given in ("auto", "") or len(given.split("|")) != tp):
+                    cpus, slot = actor_cpu_share()
+                    cpu_binding = cpu_thread_binding(tp, cpus=cpus, slot=slot)
+                if cpu_binding is not None:
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding
+            elif self.executor == "ray":
+                raise ValueError("distributed_executor_backend = 'ray' on CPU: vLLM's Ray executor needs GPUs "
+                                 "(\"current platform cpu does not support ray\"); use 'mp'")
+        if self.executor == "ray":
+            indices = list(ray_bundle_indices) if ray_bundle_indices is not None else list(range(tp))
+            if len(indices) != tp or len(set(indices)) != tp:
+                raise ValueError(f"ray_bundle_indices = {indices}: need {tp} distinct bundle indices")
+            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i) for i in indices)
+        llm_kwargs.setdefault("distributed_executor_backend", self.executor)
         t0 = time.perf_counter()
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -161,7 +395,8 @@ class VLLMEngine:
         return cls(spec.model_path, tensor_parallel_size=spec.tensor_parallel_size, dtype=spec.dtype,
                    max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization,
                    seed=spec.seed, kv_cache_space_gib=spec.kv_cache_space_gib, enforce_eager=spec.enforce_eager,
-                   trust_remote_code=spec.trust_remote_code, **extra)
+                   trust_remote_code=spec.trust_remote_code,
+                   distributed_executor_backend=spec.distributed_executor_backend, **extra)
 
     def _engine_input(self, prompt: Prompt) -> dict:
         from rlsys.models.forward import render_prompt
@@ -283,9 +518,31 @@ class VLLMEngine:
         if finalize is False or (finalize is None and not complete):
             return time.perf_counter() - t0
         tensors, self._staged = self._staged, []
+        if self.executor != "uni":
+            # Worker processes get the tensors pickled; memory-mapped (safetensors) or Ray
+            # zero-copy tensors are memoryview-backed and cannot be: give them storage of their own.
+            tensors = [(n, t.clone()) for n, t in tensors]
         self.llm.collective_rpc("rlsys_reload_weights", args=(tensors,))
         self._invalidate_caches()
         self.policy_version = self.policy_version + 1 if policy_version is None else int(policy_version)
+        return time.perf_counter() - t0
+
+    def load_bucket(self, named_tensors: Iterable[tuple[str, Any]], policy_version: Optional[int] = None) -> float:
+        """Reload one bucket of whole vLLM layers now (a `bucketize` bucket: q/k/v, gate/up and
+        weight+bias of a module together); layers not in it keep their weights. No staging: the
+        caller sends whole layers. `policy_version` (when given) applies after this bucket; the
+        caches are dropped after each. Returns seconds taken."""
+        t0 = time.perf_counter()
+        if self._staged:
+            raise RuntimeError(f"load_bucket: a staged update of {len(self._staged)} tensors is in progress")
+        # Tensors Ray handed over zero-copy live in its object store (memoryview-backed): worker
+        # processes get them pickled, which needs storage of their own.
+        own = self.executor != "uni"
+        bucket = [(n, t.detach().clone() if own else t.detach()) for n, t in named_tensors]
+        self.llm.collective_rpc("rlsys_reload_weights", args=(bucket,))
+        self._invalidate_caches()
+        if policy_version is not None:
+            self.policy_version = int(policy_version)
         return time.perf_counter() - t0
 
     @property
@@ -306,7 +563,37 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def weight_checksum(self) -> float:
-        return float(self.llm.collective_rpc("rlsys_weight_checksum")[0])
+        """Sum of every worker's parameter sums (worker 0's alone at TP 1)."""
+        return float(sum(self.weight_checksums()))
+
+    def weight_checksums(self) -> list[float]:
+        """Each worker's `rlsys_weight_checksum`, in worker rank order."""
+        return [float(c) for c in self.llm.collective_rpc("rlsys_weight_checksum")]
+
+    @property
+    def num_workers(self) -> int:
+        """Worker processes of this engine (TP size): its members in the weight-sync group."""
+        return self.tensor_parallel_size
+
+    def open_weight_sync(self, host: str, port: int, world_size: int, first_rank: int, backend: str,
+                         timeout_s: float = 600.0) -> list[int]:
+        """Every worker joins the learner's broadcast group, worker t as `first_rank` + t; blocks
+        until the whole group has joined. Returns the workers' ranks."""
+        return [int(r) for r in self.llm.collective_rpc(
+            "rlsys_open_weight_sync", args=(host, port, world_size, first_rank, backend, timeout_s))]
+
+    def receive_weights(self, policy_version: Optional[int] = None, digest: bool = False) -> list[dict]:
+        """Take one broadcast into every worker (each reloads the buckets as they arrive), then
+        drop the caches computed with the old weights. Returns each worker's report
+        (`WeightReloadExtension.rlsys_receive_weights`); every worker must end at one version."""
+        reports = self.llm.collective_rpc("rlsys_receive_weights", args=(digest,))
+        versions = {r["version"] for r in reports}
+        if len(versions) != 1:
+            raise RuntimeError(f"weight sync: the workers of one engine hold versions {sorted(versions)}")
+        self._staged = []
+        self._invalidate_caches()
+        self.policy_version = int(versions.pop()) if policy_version is None else int(policy_version)
+        return list(reports)
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: Optional[dict] = None):
         """Call a named method of the worker extension on every worker."""

@@ -58,16 +58,59 @@ def render_prompt(processor, prompt: Prompt) -> str:
     return text if isinstance(text, str) else text[0]
 
 
-def image_inputs(processor, images: Sequence[MediaItem]) -> dict:
-    """Run the image processor on decoded MediaItems, in order.
+class ProcessedImageCache:
+    """The image processor's output per (processor, image hash), least recently used first out
+    once `max_bytes` is exceeded. A group's G samples share one image and every PPO epoch,
+    micro-batch and role pass re-reads it, so each image is processed once per process, not
+    once per sample per forward (it was ~7% of a learner step on the tiny model). Processing
+    images one at a time and concatenating equals processing the list: image processors treat
+    each image independently (Qwen2-VL flattens patches, fixed-size ones stack along dim 0)."""
+
+    def __init__(self, max_bytes: int = 512 << 20):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._items: "OrderedDict[tuple, dict]" = OrderedDict()
+
+    def get(self, processor, item: MediaItem) -> dict:
+        key = (id(processor), item.sha256)
+        out = self._items.get(key)
+        if out is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return out
+        self.misses += 1
+        raw = processor.image_processor(images=[item.to_pil()], return_tensors="pt")
+        out = {"pixel_values": raw["pixel_values"], "image_grid_thw": raw["image_grid_thw"]}
+        self._items[key] = out
+        self.bytes += sum(t.numel() * t.element_size() for t in out.values())
+        while self.bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= sum(t.numel() * t.element_size() for t in old.values())
+        return out
+
+
+IMAGE_CACHE = ProcessedImageCache()
+
+
+def image_inputs(processor, images: Sequence[MediaItem], cache: Optional[ProcessedImageCache] = IMAGE_CACHE) -> dict:
+    """Run the image processor on decoded MediaItems, in order (each image's output cached by
+    its hash, see ProcessedImageCache; cache=None processes them afresh).
 
     Returns {} for no images, else {"pixel_values": [sum_i patches_i, C*t*p*p] float,
     "image_grid_thw": [n_images, 3] long}.
     """
+    import torch
+
     if not images:
         return {}
-    out = processor.image_processor(images=[m.to_pil() for m in images], return_tensors="pt")
-    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    if cache is None:
+        out = processor.image_processor(images=[m.to_pil() for m in images], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    parts = [cache.get(processor, m) for m in images]
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {k: torch.cat([p[k] for p in parts], 0) for k in ("pixel_values", "image_grid_thw")}
 
 
 def prompt_token_ids(processor, prompt: Prompt) -> list[int]:
@@ -165,10 +208,19 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
                              f"{len(s.images)} image(s) give {want} (resized differently?)")
         pixels.append(inp["pixel_values"])
         grids.append(inp["image_grid_thw"])
+    return add_images_and_response_fields(batch, samples, pixels, grids, r_max)
+
+
+def add_images_and_response_fields(batch: dict, samples: Sequence[TrainSample], pixels: list, grids: list,
+                                   r_max: int) -> dict:
+    """The tail both batchings share (`collate`, rlsys.models.packing.collate_packed): the images'
+    pixel_values / image_grid_thw concatenated in order, and each per-token field of
+    _RESPONSE_FIELDS padded to [N, R_max] when every sample has it."""
+    import torch
+
     if pixels:
         batch["pixel_values"] = torch.cat(pixels, 0)
         batch["image_grid_thw"] = torch.cat(grids, 0)
-
     for name in _RESPONSE_FIELDS:
         vals = [getattr(s, name) for s in samples]
         if all(v is not None for v in vals):
@@ -176,7 +228,8 @@ def collate(samples: Sequence[TrainSample], processor, pad_token_id: int) -> dic
     return batch
 
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
+                    "position_ids")
 
 
 def _predicting_positions(batch: dict):
@@ -190,7 +243,8 @@ def _predicting_positions(batch: dict):
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
-    """Log-prob of every response token under `model` (softmax of logits / temperature).
+    """Log-prob of every response token under `model` (softmax of logits / temperature), for a
+    batch of `collate` or of `rlsys.models.packing.collate_packed` (samples in input order).
 
     Returns (logprobs [N, R_max] float32, entropy [N, R_max] float32 or None,
     response_mask [N, R_max] float32); padded positions hold 0. Differentiable when grad is
@@ -205,16 +259,19 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: b
 
     dev = next(model.parameters()).device
     inputs = {k: batch[k].to(dev) for k in MODEL_INPUT_KEYS if k in batch}
-    pred = _predicting_positions(batch).to(dev)
     mask = batch["response_mask"].to(dev)
-    first = int(pred.min())
-    # logits_to_keep as an index tensor keeps positions first..T-2 (same for every row).
-    keep = torch.arange(first, inputs["input_ids"].shape[1] - 1, device=dev)
+    if "gather_rows" in batch:  # packed rows (rlsys/models/packing.py)
+        rows, pred = batch["gather_rows"].to(dev), batch["gather_cols"].to(dev)
+    else:
+        pred = _predicting_positions(batch).to(dev)
+        rows = torch.arange(pred.shape[0], device=dev)[:, None]
+    first, last = int(pred.min()), int(pred.max())
+    # logits_to_keep as an index tensor keeps positions first..last (same for every row).
+    keep = torch.arange(first, last + 1, device=dev)
     try:
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [N, K, V]
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [rows, K, V]
     except TypeError:  # a model without `logits_to_keep`: full logits, then the same slice
-        logits = model(**inputs, use_cache=False).logits[:, first:-1]
-    rows = torch.arange(logits.shape[0], device=dev)[:, None]
+        logits = model(**inputs, use_cache=False).logits[:, first:last + 1]
     logits = logits[rows, pred - first]  # [N, R_max, V]
     logits = logits.float()
     suppress = batch.get("suppress_token_ids")

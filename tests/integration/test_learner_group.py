@@ -7,6 +7,8 @@ What is proved here:
   and optimizer state (the step after loading equals the step after saving, bit for bit).
 - A 2-rank step on an uneven split (3 + 2 samples, different lengths) gives the same gradient
   norm, loss and update as a 1-rank step on the whole batch: global-count aggregation works.
+- With one optimizer step per train step the proximal log-probs come from the training forward,
+  and the step equals the one with a separate no-grad pass, bit for bit.
 - Weight sync from a ZeRO-3 group to a receiver actor reproduces the parameters exactly, under
   the HF checkpoint's names; the object-store fallback does too.
 """
@@ -190,6 +192,60 @@ def test_two_ranks_equal_one_rank(ray_local, tiny_model_dir):
     worst = max((p1[n] - p2[n]).abs().max().item() for n in p1)
     print(f"update |d1 - d2| / |d1| = {num / den:.3e}; max entry diff {worst:.3e} (lr {COMMON['lr']})")
     assert num / den < 1e-3 and worst < 0.05 * COMMON["lr"]
+
+
+class ProximalSwitch:
+    """A learner rank whose proximal-policy source can be switched (see the test below)."""
+
+    def __init__(self, spec, dist):
+        from actors.learner import LearnerActor
+
+        self.actor = LearnerActor(spec, dist)
+
+    def ready(self):
+        return self.actor.ready()
+
+    def set_proximal_from_training_forward(self, flag: bool) -> bool:
+        """-> the learner's own choice before the switch."""
+        own = self.actor.learner.proximal_from_training_forward
+        self.actor.learner.proximal_from_training_forward = flag
+        return own
+
+    def train_step(self, batch):
+        return self.actor.train_step(batch)
+
+    def params_digest(self):
+        return self.actor.params_digest()
+
+
+def test_proximal_from_training_forward_equals_separate_pass(ray_local, tiny_model_dir):
+    """One optimizer step per train step and no dropout: the learner reads pi_old off the
+    training forward instead of a separate no-grad pass, and the step is the same one: loss,
+    clip and IS statistics, mismatch report and the new weights, bit for bit."""
+    from rlsys.protocol import TrainBatch
+    from rlsys.specs import LearnerSpec
+
+    ray = ray_local
+    samples = make_samples(str(tiny_model_dir), 6, seed=2)
+    for s in samples:  # behaviour != learner: the IS weights, the ratio and the mismatch all matter
+        s.old_logprobs = s.ref_logprobs.clone()
+    trainer, rest = trainer_and_rest(str(tiny_model_dir), COMMON)
+    out = {}
+    for flag in (True, False):
+        (a,) = start_dp_group(ray, ProximalSwitch, LearnerSpec(trainer, **rest), 1)
+        assert ray.get(a.set_proximal_from_training_forward.remote(flag)) is True  # its own choice here
+        out[flag] = ray.get(a.train_step.remote(TrainBatch(samples))), ray.get(a.params_digest.remote())
+        ray.kill(a)
+    (reused, d_reused), (separate, d_separate) = out[True], out[False]
+    for name in ("policy_loss", "kl", "entropy", "clip_frac", "approx_kl", "grad_norm", "is_weight_clip_frac",
+                 "mismatch_abs_mean", "mismatch_abs_max", "mismatch_ratio_mean"):
+        assert getattr(reused, name) == getattr(separate, name), name
+    assert reused.mismatch_abs_mean > 0.05 and d_reused == d_separate
+    # More than one optimizer step per train step: the pass is needed, and the learner knows it.
+    trainer2, _ = trainer_and_rest(str(tiny_model_dir), dict(COMMON, ppo_epochs=2))
+    (b,) = start_dp_group(ray, ProximalSwitch, LearnerSpec(trainer2, **rest), 1)
+    assert ray.get(b.set_proximal_from_training_forward.remote(False)) is False
+    ray.kill(b)
 
 
 class Receiver:

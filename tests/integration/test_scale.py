@@ -34,6 +34,7 @@ def _config(task_data, out_dir, overrides):
         "total_steps=2", f"rollout.n={G}", "rollout.max_new_tokens=12",
         "learner.micro_batch_size=8", "learner.lr=1e-3", "logging.wandb=disabled", "logging.progress_bar=false",
         "eval.before_and_after=false", "resources.cpus_per_engine=1", "resources.cpus_per_learner=1",
+        "sampling.max_staleness=0",  # on-policy: the logged mismatch is numerics alone
         f"reward.components=[{{name: '{SIGNAL_REWARD}', weight: 1.0}}, {{name: accuracy, weight: 1.0}}]",
         f"data.train={task_data[0]}", f"data.test={task_data[1]}", f"output_dir={out_dir}", *overrides])
 

@@ -29,6 +29,7 @@ def _run(tiny_model_dir, task_data, tmp_path, overrides, steps=2):
         f"total_steps={steps}", "sampling.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=12",
         "learner.micro_batch_size=8", "learner.lr=1e-3", "logging.wandb=disabled", "logging.progress_bar=false",
         "eval.before_and_after=false", "resources.cpus_per_engine=1", "resources.cpus_per_learner=1",
+        "sampling.max_staleness=0",  # on-policy: the logged mismatch is numerics alone (default k = 1)
         f"reward.components=[{{name: '{SIGNAL_REWARD}', weight: 1.0}}, {{name: accuracy, weight: 1.0}}]",
         f"data.train={task_data[0]}", f"data.test={task_data[1]}", f"output_dir={tmp_path}",
         *overrides])

@@ -39,7 +39,8 @@ def test_int_is_accepted_where_float_expected_but_not_the_reverse():
     ("algorithm.policy_loss=nope", r"algorithm.policy_loss = 'nope': must be one of .*ppo_clip"),
     ("algorithm.kl_estimator=k9", r"algorithm.kl_estimator = 'k9': must be one of k1, k2, k3"),
     ("sampling.mode=offline", r"sampling.offline_path = null: sampling.mode = 'offline' needs"),
-    ("sampling.max_staleness=2", r"sampling.max_staleness = 2: off-policy samples need algorithm.max_is_weight"),
+    # The default is asynchronous (k = 1) with the IS weight on; taking the weight away fails.
+    ("algorithm.max_is_weight=null", r"sampling.max_staleness = 1: off-policy samples need algorithm.max_is_weight"),
     ("rollout.stream_window=0", r"rollout.stream_window = 0: must be >= 1"),
     ("sampling.offline_path=runs/x", r"sampling.offline_path = 'runs/x': only sampling.mode = 'offline' or 'mixed'"),
     ("sampling.offline_fraction=0.5", r"sampling.offline_fraction = 0.5: only sampling.mode = 'mixed' uses it"),
@@ -117,7 +118,7 @@ def test_cli_invalid_setting_exits_nonzero_with_one_line(override, field):
 def test_cli_rollout_rejects_a_bad_prompt_count_before_starting_anything():
     out = _cli("rollout", "--max-prompts", "0")
     assert out.returncode == 2 and out.stderr.strip() == "rlsys: rollout --max-prompts = 0: must be >= 1"
-    out = _cli("rollout", "sampling.max_staleness=1")
+    out = _cli("rollout", "algorithm.max_is_weight=null")
     assert out.returncode == 2 and "sampling.max_staleness = 1: off-policy samples need" in out.stderr
 
 

@@ -15,7 +15,8 @@ CONFIG_PACKAGE = ROOT / "rlsys" / "config"
 
 # Fields whose only job is to check the others before start; each with why nothing else reads it.
 VALIDATION_ONLY = {
-    "resources.nodes": "the recipe's node count: validation checks the GPU plan fits before any actor starts",
+    "resources.nodes": "the recipe's node count: validation checks the GPU plan fits, and the start-time check "
+                       "(placement.check_plan_against_cluster) that the cluster has those nodes, before any actor starts",
     "resources.gpus_per_node": "with resources.nodes, sizes the nodes the GPU plan is checked against",
 }
 

@@ -89,6 +89,28 @@ def test_render_prompt_and_image_inputs(vlm):
         render_prompt(proc, bad)
 
 
+def test_processed_image_cache_equals_processor_and_is_bounded(vlm):
+    """Cached per-image outputs, concatenated, equal the processor run on the list; a repeat is
+    a hit (not re-processed); the byte bound evicts the least recently used image."""
+    from rlsys.models.forward import ProcessedImageCache, image_inputs
+
+    _, proc = vlm
+    a, b = media(84, 56, 0), media(56, 56, 1)
+    fresh = image_inputs(proc, [a, b, a], cache=None)
+    cache = ProcessedImageCache()
+    got = image_inputs(proc, [a, b, a], cache=cache)
+    assert torch.equal(got["pixel_values"], fresh["pixel_values"])
+    assert torch.equal(got["image_grid_thw"], fresh["image_grid_thw"])
+    assert (cache.hits, cache.misses) == (1, 2)
+    one = cache.get(proc, a)
+    size = sum(t.numel() * t.element_size() for t in one.values())
+    small = ProcessedImageCache(max_bytes=size)  # room for one image of a's size
+    small.get(proc, a)
+    small.get(proc, b)
+    small.get(proc, a)
+    assert (small.misses, small.hits, len(small._items)) == (3, 0, 1)
+
+
 def test_collate_mixed_image_and_text(vlm):
     from rlsys.models.forward import collate, image_inputs
 

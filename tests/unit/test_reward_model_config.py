@@ -39,7 +39,7 @@ def test_model_entries_become_roles_with_their_own_bundles(tmp_path, rm_dir):
     # the judge's context holds the policy's whole sequence inside its template, then the critique
     assert judge.spec.engine.max_model_len == 512 + 48 + 32
     with_ref = _cfg(tmp_path, "    - {name: null, model: judge, path: reference, gpus: 2}\n", "reference.path=/models/ref",
-                    "rollout.tensor_parallel_size=4")
+                    "rollout.tensor_parallel_size=4", "resources.gpus_per_engine=4")
     engine = role_specs(with_ref, "/models/policy").reward_models[0].spec.engine
     assert engine.model_path == "/models/ref" and engine.tensor_parallel_size == 2  # its own GPUs, not the policy's TP
     assert reward_spec(cfg).components == (("accuracy", 1.0),)  # the rule actor gets the rules only
