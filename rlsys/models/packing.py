@@ -79,8 +79,8 @@ def collate_packed(samples: Sequence[TrainSample], processor, pad_token_id: int,
 
     Returns input_ids [B, L] long, attention_mask [B, 1, L, L] bool (True = may attend),
     position_ids [3, B, L] (M-RoPE, with `rope_index`) or [B, L] long, pixel_values /
-    image_grid_thw (each row's images once, rows in order) when there are images,
-    mm_token_type_ids is not needed (positions are given), and per sample, in input order:
+    image_grid_thw (each row's images once, rows in order) when there are images (no
+    mm_token_type_ids: the positions are given), and per sample, in input order:
     gather_rows / gather_cols [N, R_max] long (the logit position predicting each response
     token), response_ids, response_mask [N, R_max], suppress_token_ids, and the padded
     per-token fields of `collate`.

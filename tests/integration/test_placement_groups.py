@@ -1,7 +1,8 @@
 """One placement group per role on a simulated two-node cluster (`ray.cluster_utils.Cluster`,
 every node on 127.0.0.1): with `resources.colocate: false` each role's bundles are in that role's
 own PACK group, so the learner ranks of a two-node plan land on one node when they fit (a single
-SPREAD group, the earlier placement, splits them); the colocated default keeps one group with
+SPREAD group, the earlier placement, tends to split them; Ray's SPREAD is best effort, so that
+is not asserted); the colocated default keeps one group with
 bundle i at index i; a cluster smaller than the recipe's `resources.nodes` is refused at start,
 in one line, before any group or actor exists.
 
@@ -101,21 +102,6 @@ def test_each_role_in_its_own_group_and_the_learner_ranks_together(two_nodes):
     finally:
         release_placement(starter.placement)
     assert _live_groups() == 0
-
-
-@pytest.mark.timeout(300)
-def test_one_spread_group_splits_the_ranks_which_is_what_per_role_groups_prevent(two_nodes):
-    """The control: the same plan in the single SPREAD group used before puts the two learner
-    ranks on different nodes, so the test above would fail on the earlier placement."""
-    from rlsys.distributed.placement import create_placement_group, plan_roles, release_placement
-
-    plan = plan_roles(_cfg(), needs_reference=False)
-    pg = create_placement_group(plan, colocate=False)
-    try:
-        nodes = _bundle_nodes(pg)
-        assert len({nodes[i] for i in plan.learners}) == 2
-    finally:
-        release_placement(pg)
 
 
 @pytest.mark.timeout(300)
