@@ -143,15 +143,20 @@ class WeightReloadExtension:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in MiB; nan where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def _reset_peak_rss() -> None:
@@ -166,14 +171,7 @@ def _reset_peak_rss() -> None:
 
 def peak_rss_mb() -> float:
     """Peak RSS since the last `_reset_peak_rss` (VmHWM), MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    return _status_mb("VmHWM")
 
 
 EXECUTORS = ("auto", "uni", "mp", "ray")

@@ -68,13 +68,14 @@ def collate_for_forward(samples: Sequence[TrainSample], processor, pad_token_id:
     else `collate`'s padded sequences. The learner and the reference both batch through here."""
     from rlsys.models.forward import collate
 
-    if pack and any(len(r) > 1 for r in plan_rows(samples)):
-        return collate_packed(samples, processor, pad_token_id, rope_index_fn(model))
+    rows = plan_rows(samples) if pack else []
+    if any(len(r) > 1 for r in rows):
+        return collate_packed(samples, processor, pad_token_id, rope_index_fn(model), rows=rows)
     return collate(samples, processor, pad_token_id)
 
 
 def collate_packed(samples: Sequence[TrainSample], processor, pad_token_id: int,
-                   rope_index: Optional[Callable] = None) -> dict:
+                   rope_index: Optional[Callable] = None, rows: Optional[list[list[int]]] = None) -> dict:
     """Batch TrainSamples as packed rows (module doc) for one forward pass.
 
     Returns input_ids [B, L] long, attention_mask [B, 1, L, L] bool (True = may attend),
@@ -89,7 +90,7 @@ def collate_packed(samples: Sequence[TrainSample], processor, pad_token_id: int,
 
     if not samples:
         raise ValueError("collate_packed: empty sample list")
-    rows = plan_rows(samples)
+    rows = plan_rows(samples) if rows is None else rows  # the caller's plan, when it made one
     n = len(samples)
     resp_len = torch.tensor([s.response_length for s in samples], dtype=torch.long)
     if any(s.response_start < 1 for s in samples) or (resp_len < 0).any():
