@@ -203,11 +203,6 @@ def _check_device_plan(cfg: RunConfig) -> None:
         raise ConfigError(f"rollout.tensor_parallel_size = {tp} on CPU: each tensor-parallel worker is a process "
                           f"on a CPU of its own, resources.cpus_per_engine = {r.cpus_per_engine:g} gives the engine "
                           f"fewer; set resources.cpus_per_engine >= {tp}")
-    if cfg.learner.weight_sync == "object_store" and tp > 1:
-        # vLLM's mp executor cannot re-pickle tensor arguments for its TP workers
-        # (tests/integration/test_tp_engine.py, the xfail); the collective path syncs every worker.
-        raise ConfigError(f"learner.weight_sync = 'object_store': not supported with rollout.tensor_parallel_size = "
-                          f"{tp} yet; use learner.weight_sync = collective")
     if (cfg.learner.weight_sync == "collective" and weight_sync_backend(cfg) == "nccl"
             and r.gpus_per_engine == 0):
         raise ConfigError("learner.weight_sync = 'collective': weight sync follows learner.backend = 'nccl' and "

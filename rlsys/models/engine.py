@@ -54,6 +54,15 @@ class WeightReloadExtension:
         self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
         return len(tensors)
 
+    def rlsys_reload_weights_file(self, path: str) -> int:
+        """`rlsys_reload_weights` from a `torch.save`d list of (name, tensor) pairs: how the
+        engine hands weights to worker processes (`write_handoff`). Memory-mapped, so the
+        file's pages (in /dev/shm, shared by every worker of the engine) are read in place."""
+        import torch
+
+        tensors = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return self.rlsys_reload_weights(tensors)
+
     def rlsys_weight_checksum(self) -> float:
         """Sum of this worker's parameters (float64): a cheap 'did the weights change' probe.
         With TP > 1 each worker sums its own shards (and the replicated tensors)."""
@@ -188,6 +197,24 @@ def executor_backend(tensor_parallel_size: int, requested: str = "auto") -> str:
         raise ValueError(f"distributed_executor_backend = 'uni' runs one worker; tensor_parallel_size = "
                          f"{tensor_parallel_size} needs 'mp' or 'ray'")
     return requested
+
+
+def write_handoff(tensors: list[tuple[str, Any]]) -> str:
+    """Write (name, tensor) pairs to a new file in /dev/shm (the temp dir where there is none)
+    for `rlsys_reload_weights_file`; returns its path. The caller removes it."""
+    import tempfile
+
+    import torch
+
+    where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="rlsys-weights-", suffix=".pt", dir=where)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save([(n, t.contiguous()) for n, t in tensors], fh)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
 
 
 def cpu_thread_binding(tensor_parallel_size: int, cores: Optional[Sequence[int]] = None,
@@ -516,11 +543,7 @@ class VLLMEngine:
         if finalize is False or (finalize is None and not complete):
             return time.perf_counter() - t0
         tensors, self._staged = self._staged, []
-        if self.executor != "uni":
-            # Worker processes get the tensors pickled; memory-mapped (safetensors) or Ray
-            # zero-copy tensors are memoryview-backed and cannot be: give them storage of their own.
-            tensors = [(n, t.clone()) for n, t in tensors]
-        self.llm.collective_rpc("rlsys_reload_weights", args=(tensors,))
+        self._reload_in_workers(tensors)
         self._invalidate_caches()
         self.policy_version = self.policy_version + 1 if policy_version is None else int(policy_version)
         return time.perf_counter() - t0
@@ -533,15 +556,28 @@ class VLLMEngine:
         t0 = time.perf_counter()
         if self._staged:
             raise RuntimeError(f"load_bucket: a staged update of {len(self._staged)} tensors is in progress")
-        # Tensors Ray handed over zero-copy live in its object store (memoryview-backed): worker
-        # processes get them pickled, which needs storage of their own.
-        own = self.executor != "uni"
-        bucket = [(n, t.detach().clone() if own else t.detach()) for n, t in named_tensors]
-        self.llm.collective_rpc("rlsys_reload_weights", args=(bucket,))
+        self._reload_in_workers([(n, t.detach()) for n, t in named_tensors])
         self._invalidate_caches()
         if policy_version is not None:
             self.policy_version = int(policy_version)
         return time.perf_counter() - t0
+
+    def _reload_in_workers(self, tensors: list[tuple[str, Any]]) -> None:
+        """Hand (name, tensor) pairs to every worker's `reload_weights`.
+
+        "uni": the worker is this process, and gets the tensors themselves (no copy). "mp":
+        the workers are processes of their own, and vLLM's mp message queue fails on tensor
+        arguments ("cannot pickle 'memoryview' object", cloned tensors included), so the pairs
+        go through one file in /dev/shm that every worker maps: one copy of the bucket, shared
+        by the workers, removed after the call. "ray": Ray's serialisation carries the tensors."""
+        if self.executor != "mp":
+            self.llm.collective_rpc("rlsys_reload_weights", args=(tensors,))
+            return
+        path = write_handoff(tensors)
+        try:
+            self.llm.collective_rpc("rlsys_reload_weights_file", args=(path,))
+        finally:
+            os.unlink(path)
 
     @property
     def staged_weight_count(self) -> int:

@@ -93,9 +93,6 @@ def test_grpo_step_then_sync_into_every_worker(run, task_data):
     assert ray.get(engine.policy_version.remote()) == version
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (issue 15 item 3): vLLM's mp executor cannot pickle tensor "
-                   "arguments of collective_rpc again for TP > 1 workers ('cannot pickle memoryview objects'); "
-                   "config validation refuses learner.weight_sync=object_store with tensor_parallel_size > 1")
 def test_object_store_path_pulls_by_reference(run, tiny_model_dir, monkeypatch):
     """The lean object-store path into the same TP-2 engine: learner rank 0 puts each bucket once,
     the engine pulls it by ref and loads it into both workers; the driver only ever gets refs."""

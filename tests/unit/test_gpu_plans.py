@@ -52,9 +52,6 @@ REJECTED = [
     pytest.param(["resources.gpus_per_learner=0.25", "learner.backend=nccl", "learner.weight_sync=object_store"],
                  "resources.gpus_per_learner = 0.25: NCCL learner and critic ranks take exactly 1 GPU each",
                  id="fractional-explicit-nccl"),
-    pytest.param(["rollout.tensor_parallel_size=2", "resources.cpus_per_engine=2", "learner.weight_sync=object_store"],
-                 "learner.weight_sync = 'object_store': not supported with rollout.tensor_parallel_size = 2 yet; "
-                 "use learner.weight_sync = collective", id="object-store-with-tp"),
     pytest.param(["resources.gpus_per_learner=2", "resources.gpus_per_engine=1"],
                  "resources.gpus_per_learner = 2: NCCL learner and critic ranks take exactly 1 GPU each (a rank "
                  "computes on one GPU (cuda:0), the other 1 would sit idle)", id="two-gpus-per-rank"),

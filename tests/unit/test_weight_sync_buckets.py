@@ -79,3 +79,29 @@ def test_cpu_binding_gives_each_worker_its_own_cores():
     assert cpu_thread_binding(2, cores=[4, 5, 6, 7, 8, 9, 10, 11], cpus=2, slot=5) == "6|7"  # wraps around
     with pytest.raises(ValueError, match="needs a core of its own"):
         cpu_thread_binding(4, cores=[0, 1])
+
+
+def test_handoff_file_carries_a_bucket_from_shared_memory_and_back():
+    """The TP > 1 object-store hand-off (engine.write_handoff -> rlsys_reload_weights_file's load):
+    a bucket whose tensors are memoryview-backed, as Ray returns them zero-copy, and that shares
+    storage (a tied embedding), comes back equal, from one file in /dev/shm."""
+    import os
+
+    from rlsys.models.engine import write_handoff
+
+    raw = bytearray(torch.arange(12, dtype=torch.float32).numpy().tobytes())
+    zero_copy = torch.frombuffer(raw, dtype=torch.float32).view(3, 4)
+    tied = torch.randn(5, 4)
+    bucket = [("model.embed_tokens.weight", tied), ("lm_head.weight", tied),
+              ("model.norm.weight", zero_copy[:, 1])]  # a non-contiguous view too
+    path = write_handoff(bucket)
+    try:
+        if os.path.isdir("/dev/shm"):
+            assert path.startswith("/dev/shm/")
+        back = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    finally:
+        os.unlink(path)
+    assert [n for n, _ in back] == [n for n, _ in bucket]
+    for (_, got), (_, want) in zip(back, bucket):
+        assert torch.equal(got, want)
+    assert torch.equal(back[2][1], torch.tensor([1.0, 5.0, 9.0]))
