@@ -52,7 +52,7 @@ def setup(size: str, threads: int):
     from launch.evaluate import load_split
     from rlsys.config import load_config
 
-    cfg = load_config(None, [f"model.path=embedded:{size}"])
+    cfg = load_config(ROOT / "configs" / "default.yaml", [f"model.path=embedded:{size}"])
     assets = resolve(cfg)
     return cfg, str(assets.model_dir), load_split(cfg, assets.train_path)[:PROMPTS]
 

@@ -132,7 +132,9 @@ class DeepSpeedTrainerBase:
             "gradient_accumulation_steps": 1,
             "train_batch_size": self.micro_batch_size * self.world,
             "managed_gradient_accumulation": False,
-            "gradient_clipping": self.spec.grad_clip,
+            # fp32 stage 0 clips in `_clip_stage0` (DeepSpeed's fp32 stage-0 clip discards the
+            # norm; its bf16/fp16 optimizers keep it).
+            "gradient_clipping": 0.0 if self._own_clip else self.spec.grad_clip,
             "zero_optimization": {"stage": self.zero_stage, "overlap_comm": False,
                                   "contiguous_gradients": True},
             # check_grad_overflow: drop a step whose gradient norm is NaN/inf (NaN-loss skip).
@@ -159,7 +161,21 @@ class DeepSpeedTrainerBase:
         self.engine, *_ = deepspeed.initialize(
             model=module, model_parameters=[g for g in groups if g["params"]],
             config=self.ds_config())
+        self._stage0_norm: float | None = None
+        if self._own_clip:
+            # Runs inside engine.step(), after DeepSpeed's all-reduce of the gradients: every
+            # rank clips the same global gradient and keeps its norm for the metrics.
+            self.engine.optimizer.register_step_pre_hook(self._clip_stage0)
         self.set_lr_for_step()
+
+    @property
+    def _own_clip(self) -> bool:
+        return self.zero_stage == 0 and self.torch_dtype == torch.float32
+
+    def _clip_stage0(self, optimizer, args, kwargs) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.spec.grad_clip if self.spec.grad_clip > 0 else float("inf")
+        self._stage0_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def set_lr_for_step(self) -> float:
         """Set the LR from the train-step counter (no DeepSpeed scheduler): constant within a
@@ -255,9 +271,10 @@ class DeepSpeedTrainerBase:
             self.engine.optimizer.zero_grad()
             self.engine._unmanaged_backward_count = 0
             return False, float("nan")
+        self._stage0_norm = None
         self.engine.step()
         applied = not getattr(self.engine.optimizer, "overflow", False) and not bad
-        norm = self.engine.get_global_grad_norm()
+        norm = self._stage0_norm if self._own_clip else self.engine.get_global_grad_norm()
         return applied, float(norm) if norm is not None else float("nan")
 
     def peak_mem_mb(self) -> float:

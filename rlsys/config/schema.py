@@ -172,10 +172,18 @@ class ReferenceConfig:
     path: Optional[str] = f(None, "Reference policy; null means the initial policy (`model.path`).")
 
 
+def zero_stage_for(stage: Optional[int], num_ranks: int) -> int:
+    """`learner.zero_stage` as the learner group runs it (null resolved by the rank count)."""
+    if stage is not None:
+        return stage
+    return 0 if num_ranks == 1 else 2
+
+
 @dataclass
 class LearnerConfig:
     num_ranks: int = f(1, "Data-parallel DeepSpeed ranks (one Ray actor each).", ge=1)
-    zero_stage: int = f(2, "DeepSpeed ZeRO stage.", ge=0, le=3)
+    zero_stage: Optional[int] = f(None, "DeepSpeed ZeRO stage; null: 0 with one rank (nothing to partition, "
+                                  "and stage 2's gradient hooks cost time), 2 with more.", ge=0, le=3)
     lr: float = f(2e-4, "Peak learning rate.", gt=0.0)
     lr_schedule: Literal["constant", "cosine", "linear"] = f("constant", "Decay after warm-up.")
     warmup_steps: int = f(0, "Linear warm-up steps.", ge=0)

@@ -1,8 +1,8 @@
 """DeepSpeed learner ranks as Ray actors on the tiny Qwen2.5-VL model (CPU, gloo).
 
 What is proved here:
-- ZeRO-2 and ZeRO-3, 2 ranks: one train_step changes the parameters and both ranks report the
-  same (global) loss; the train/inference mismatch is measured before the update; a NaN in
+- ZeRO-0 (the default run's stage), ZeRO-2 and ZeRO-3, 2 ranks: one train_step changes the
+  parameters and both ranks report the same (global) loss; the train/inference mismatch is measured before the update; a NaN in
   the batch skips the step and leaves parameters untouched; a checkpoint restores parameters
   and optimizer state (the step after loading equals the step after saving, bit for bit).
 - A 2-rank step on an uneven split (3 + 2 samples, different lengths) gives the same gradient
@@ -116,7 +116,7 @@ def shard(samples, world):
     return [(TrainBatch(samples[i * k:(i + 1) * k]),) for i in range(world)]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_two_rank_step_nan_skip_and_checkpoint(ray_local, tiny_model_dir, tmp_path, zero_stage):
     import copy
 

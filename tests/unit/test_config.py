@@ -21,7 +21,19 @@ def test_default_yaml_resolves_and_overrides_apply():
     assert cfg.algorithm.dual_clip == 3.0
     assert cfg.data.synthetic.families == ["count_color", "sum_digits"]
     # untouched fields keep the file's / dataclass defaults
-    assert cfg.sampling.prompts_per_step == 16 and cfg.learner.zero_stage == 2
+    assert cfg.sampling.prompts_per_step == 16 and cfg.learner.zero_stage is None
+
+
+def test_zero_stage_null_is_0_for_one_rank_and_2_for_more():
+    from rlsys.specs import role_specs
+
+    def stage(*overrides):
+        return role_specs(load_config(DEFAULT, list(overrides)), "m").learner.trainer.zero_stage
+
+    assert stage() == 0  # the default's one rank
+    assert stage("learner.num_ranks=4") == 2
+    assert stage("learner.num_ranks=4", "learner.zero_stage=3") == 3
+    assert stage("learner.zero_stage=2") == 2  # a set stage is kept, one rank or not
 
 
 def test_int_is_accepted_where_float_expected_but_not_the_reverse():

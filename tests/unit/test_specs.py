@@ -12,14 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_trainer_fields_reach_the_learner_and_the_critic_alike():
     cfg = load_config(ROOT / "configs/algorithms/ppo.yaml", [
         "learner.gradient_checkpointing=true", "algorithm.loss_agg=seq_mean_token_sum_norm",
-        "algorithm.norm_length=32", "model.trust_remote_code=true", "critic.lr=3e-4", "critic.zero_stage=3"])
+        "algorithm.norm_length=32", "model.trust_remote_code=true", "critic.lr=3e-4", "critic.zero_stage=3",
+        "learner.zero_stage=2"])
     specs = role_specs(cfg, "/models/policy")
     for trainer in (specs.learner.trainer, specs.critic.trainer):
         assert trainer.gradient_checkpointing is True and trainer.trust_remote_code is True
         assert (trainer.loss_agg, trainer.norm_length) == ("seq_mean_token_sum_norm", 32)
         assert (trainer.total_steps, trainer.ppo_epochs) == (cfg.total_steps, cfg.learner.ppo_epochs)
     assert (specs.critic.trainer.lr, specs.critic.trainer.zero_stage) == (3e-4, 3)
-    assert (specs.learner.trainer.lr, specs.learner.trainer.zero_stage) == (cfg.learner.lr, cfg.learner.zero_stage)
+    assert (specs.learner.trainer.lr, specs.learner.trainer.zero_stage) == (cfg.learner.lr, 2)
     assert specs.engine.trust_remote_code is True and specs.engine.model_path == "/models/policy"
 
 
