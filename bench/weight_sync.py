@@ -95,6 +95,8 @@ def run_tp(tp: int, syncs: int, bucket_mb: float, size: str, path: str = "collec
             ray.get([learner.init_weight_sync.remote(host, port, world, "gloo", bucket_mb),
                      engine.open_weight_sync.remote(host, port, world, 1, "gloo")])
 
+        weight_bytes = ray.get(learner.__ray_call__.remote(_param_bytes)) if path == "object_store" else None
+
         def sync(version):
             t0 = time.perf_counter()
             if path == "collective":
@@ -105,8 +107,7 @@ def run_tp(tp: int, syncs: int, bucket_mb: float, size: str, path: str = "collec
             for k, ref in enumerate(refs):
                 ray.get(engine.load_bucket.remote(ref, version, k == len(refs) - 1))
             seconds = time.perf_counter() - t0
-            return seconds, {"bytes": ray.get(learner.__ray_call__.remote(_param_bytes)),
-                             "buckets": len(refs), "seconds": None}
+            return seconds, {"bytes": weight_bytes, "buckets": len(refs), "seconds": None}
 
         sync(1)  # warm-up
         # Memory of one sync: each receiving process's peak RSS during it minus its RSS before.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from rlsys.config import RunConfig
-from rlsys.config.schema import component_column, zero_stage_for
+from rlsys.config.schema import component_column
 
 
 @dataclass(frozen=True)
@@ -305,7 +305,7 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
     embedded model's built directory, else `model.path`)."""
     a, lr_cfg = cfg.algorithm, cfg.learner
     learner = LearnerSpec(
-        trainer=_trainer(cfg, model_path, zero_stage=zero_stage_for(lr_cfg.zero_stage, lr_cfg.num_ranks), lr=lr_cfg.lr,
+        trainer=_trainer(cfg, model_path, zero_stage=lr_cfg.run_zero_stage, lr=lr_cfg.lr,
                          micro_batch_size=lr_cfg.micro_batch_size),
         policy_loss=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
         seq_clip_low=a.seq_clip_low, seq_clip_high=a.seq_clip_high,
@@ -342,7 +342,7 @@ def _one_step_trainer(cfg: RunConfig, model_path: str, lr: float, warmup_steps: 
     micro-batches, clipping and backend; a constant LR after warm-up; one optimizer step per call
     (ppo_epochs = mini_batches = 1); token-mean aggregation."""
     return dataclasses.replace(
-        _trainer(cfg, model_path, zero_stage=zero_stage_for(cfg.learner.zero_stage, cfg.learner.num_ranks), lr=lr,
+        _trainer(cfg, model_path, zero_stage=cfg.learner.run_zero_stage, lr=lr,
                  micro_batch_size=cfg.learner.micro_batch_size),
         lr_schedule="constant", warmup_steps=warmup_steps, total_steps=total_steps, ppo_epochs=1,
         mini_batches=1, loss_agg="token_mean", norm_length=None)

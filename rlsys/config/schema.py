@@ -172,13 +172,6 @@ class ReferenceConfig:
     path: Optional[str] = f(None, "Reference policy; null means the initial policy (`model.path`).")
 
 
-def zero_stage_for(stage: Optional[int], num_ranks: int) -> int:
-    """`learner.zero_stage` as the learner group runs it (null resolved by the rank count)."""
-    if stage is not None:
-        return stage
-    return 0 if num_ranks == 1 else 2
-
-
 @dataclass
 class LearnerConfig:
     num_ranks: int = f(1, "Data-parallel DeepSpeed ranks (one Ray actor each).", ge=1)
@@ -200,6 +193,13 @@ class LearnerConfig:
     weight_sync: Literal["collective", "object_store"] = f(
         "collective", "Learner -> engine weights through a broadcast group (gloo/NCCL) or the Ray object store.")
     sync_bucket_mb: float = f(64.0, "Size of one weight-sync bucket.", gt=0.0)
+
+    @property
+    def run_zero_stage(self) -> int:
+        """`zero_stage` as the learner group runs it (null resolved by `num_ranks`)."""
+        if self.zero_stage is not None:
+            return self.zero_stage
+        return 0 if self.num_ranks == 1 else 2
 
 
 @dataclass

@@ -569,8 +569,11 @@ class VLLMEngine:
         the workers are processes of their own, and vLLM's mp message queue fails on tensor
         arguments ("cannot pickle 'memoryview' object", cloned tensors included), so the pairs
         go through one file in /dev/shm that every worker maps: one copy of the bucket, shared
-        by the workers, removed after the call. "ray": Ray's serialisation carries the tensors."""
+        by the workers, removed after the call. "ray": Ray pickles the arguments, and a
+        zero-copy (memoryview-backed) tensor cannot be pickled: each gets storage of its own."""
         if self.executor != "mp":
+            if self.executor == "ray":
+                tensors = [(n, t.clone()) for n, t in tensors]
             self.llm.collective_rpc("rlsys_reload_weights", args=(tensors,))
             return
         path = write_handoff(tensors)
