@@ -152,13 +152,32 @@ class ReferenceClient:
         return Pending([ref], lambda parts: _regroup(groups, parts[0]))
 
 
-def _shard(samples: list[TrainSample], ranks: int) -> list[list[TrainSample]]:
-    """Round-robin over samples sorted by length, so every rank gets similar token counts."""
-    order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
-    shards = [[] for _ in range(ranks)]
-    for k, i in enumerate(order):
-        shards[k % ranks].append(samples[i])
-    return shards
+def shard_samples(samples: list[TrainSample], ranks: int) -> list[list[TrainSample]]:
+    """Split a batch over learner ranks with every prompt group (`group_index`) whole on one rank,
+    so the learner's prompt packing (rlsys/models/packing.py) still runs each group's prompt
+    once; groups go to the rank with the fewest tokens so far (largest first), and keep batch
+    order within a rank. With fewer groups than ranks (e.g. SFT demonstrations, all of group
+    0), samples are dealt round-robin by length instead.
+
+    Sorting samples by length across groups, as this did before, scattered a group over the
+    micro-batches: the small model's update fed ~2x the tokens it needed (bench/vs_trl.py)."""
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.group_index, []).append(i)
+    if len(groups) < ranks:
+        order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
+        return [[samples[i] for i in order[r::ranks]] for r in range(ranks)]
+
+    def packed_tokens(idx: list[int]) -> int:
+        s0 = samples[idx[0]]
+        return s0.response_start + sum(samples[i].response_length for i in idx)
+
+    load, owned = [0] * ranks, [[] for _ in range(ranks)]
+    for idx in sorted(groups.values(), key=lambda idx: (-packed_tokens(idx), idx[0])):
+        r = min(range(ranks), key=lambda k: (load[k], len(owned[k]), k))
+        load[r] += packed_tokens(idx)
+        owned[r].append(idx)
+    return [[samples[i] for idx in sorted(own) for i in idx] for own in owned]
 
 
 class LearnerGroup:
@@ -168,14 +187,14 @@ class LearnerGroup:
         self.actors = actors
 
     def train_async(self, batch: TrainBatch) -> Pending:
-        shards = _shard(batch.samples, len(self.actors))
+        shards = shard_samples(batch.samples, len(self.actors))
         refs = [a.train_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
         return Pending(refs, lambda parts: parts[0])
 
     def sft_async(self, batch: TrainBatch) -> Pending:
         """One supervised step on demonstrations (`rlsys sft`), sharded as train_async shards;
         -> Pending of the SFTMetrics (the same on every rank)."""
-        shards = _shard(batch.samples, len(self.actors))
+        shards = shard_samples(batch.samples, len(self.actors))
         refs = [a.sft_step.remote(TrainBatch(s, batch.policy_version)) for a, s in zip(self.actors, shards)]
         return Pending(refs, lambda parts: parts[0])
 
