@@ -29,7 +29,7 @@ def groups(proc, lengths_per_prompt, seed=0):
     return out
 
 
-def test_plan_rows_packs_shared_prompts_only_when_it_saves_attention(vlm):
+def test_plan_rows_packs_shared_prompts_only_when_it_saves_attention_alone(vlm):
     from rlsys.models.packing import plan_rows
 
     _, proc = vlm
@@ -37,11 +37,29 @@ def test_plan_rows_packs_shared_prompts_only_when_it_saves_attention(vlm):
     s = groups(proc, [(IMG_PROMPT, [3, 5]), (OTHER_IMG, [2, 2]), (TXT_PROMPT, [4])])
     s = [s[0], s[2], s[1], s[4], s[3]]
     assert plan_rows(s) == [[0, 2], [1, 4], [3]]
-    # P = len(prompt); two responses of length R pack while (P + 2R)^2 <= 2 (P + R)^2, i.e. R <= P / sqrt(2).
+    # token_weight 0 (the default): two responses of length R pack while (P + 2R)^2 <= 2 (P + R)^2,
+    # i.e. R <= P / sqrt(2).
     p = s[0].response_start
     short, long_ = int(p / 2 ** 0.5), int(p / 2 ** 0.5) + 1
     assert plan_rows(groups(proc, [(IMG_PROMPT, [short, short])])) == [[0, 1]]
     assert plan_rows(groups(proc, [(IMG_PROMPT, [long_, long_])])) == [[0], [1]]
+
+
+def test_plan_rows_weighs_the_tokens_packing_saves_against_attention(vlm):
+    from rlsys.models.packing import packing_token_weight, plan_rows
+
+    model, proc = vlm
+    text = model.config.get_text_config()
+    w = packing_token_weight(model)
+    assert w == 2 * text.hidden_size + 1.5 * text.intermediate_size
+    # Two responses of length R: packing saves w*P of token cost and adds (P+2R)^2 - 2(P+R)^2
+    # = 2R^2 - P^2 of attention, so they pack while 2R^2 <= P^2 + w*P.
+    p = groups(proc, [(IMG_PROMPT, [1])])[0].response_start
+    edge = int(((p * p + w * p) / 2) ** 0.5)
+    assert edge > int(p / 2 ** 0.5)  # longer responses pack than attention alone would allow
+    assert plan_rows(groups(proc, [(IMG_PROMPT, [edge, edge])]), w) == [[0, 1]]
+    assert plan_rows(groups(proc, [(IMG_PROMPT, [edge + 1, edge + 1])]), w) == [[0], [1]]
+    assert packing_token_weight(object()) == 0.0  # no config: attention alone decides
 
 
 def test_packed_logprobs_entropy_and_grads_equal_unpacked(vlm):
