@@ -188,7 +188,8 @@ class LearnerConfig:
     gradient_checkpointing: bool = f(False, "Recompute activations to save memory.")
     pack_prompts: bool = f(True, "Run a group's shared prompt (and its images) once per learner and reference forward: "
                            "its samples' responses follow it in one row under a block mask (rlsys/models/packing.py; "
-                           "same log-probs). Groups whose responses are long next to the prompt stay unpacked.")
+                           "same log-probs). A group whose packed row would cost more than its unpacked rows "
+                           "(long responses) stays unpacked.")
     backend: Literal["auto", "gloo", "nccl"] = f("auto", "Collective backend; auto = nccl with GPUs, else gloo.")
     weight_sync: Literal["collective", "object_store"] = f(
         "collective", "Learner -> engine weights through a broadcast group (gloo/NCCL) or the Ray object store.")
