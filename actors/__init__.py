@@ -1,12 +1,34 @@
 """Thin Ray actor classes: plain Python classes, one method per remote call, wrapped with
 `ray.remote(...)` only where they are launched (so they are testable without Ray).
 
-Shared helper: the torch.distributed environment a DeepSpeed rank reads at init.
+Shared helpers: the torch.distributed environment a DeepSpeed rank reads at init, and the
+torch thread count of an actor that computes with torch itself (not through vLLM).
 """
 from __future__ import annotations
 
 import os
 import socket
+
+
+def set_torch_threads() -> int:
+    """Give torch as many intra-op threads as the CPUs Ray assigned this actor (their floor, at
+    least 1); returns the count. Outside Ray torch's own setting stays.
+
+    Ray only sets OMP_NUM_THREADS where it is unset, and an actor may start in a pooled worker
+    that loaded torch, and so OpenMP's thread count, under an earlier task's setting. The count
+    then depended on which worker the actor got, and with it the float summation order: a
+    resumed run's gradient norm once differed from the uninterrupted run's in its last bits."""
+    import torch
+
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
+    except Exception:
+        cpus = None
+    if cpus is not None:
+        torch.set_num_threads(max(1, int(cpus)))
+    return torch.get_num_threads()
 
 
 def set_dist_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:

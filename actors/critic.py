@@ -4,12 +4,13 @@ Same conventions as LearnerActor: model-running methods are collectives under Ze
 """
 from __future__ import annotations
 
-from actors import init_torch_distributed
+from actors import init_torch_distributed, set_torch_threads
 from rlsys.specs import CriticSpec, DistRank
 
 
 class CriticActor:
     def __init__(self, spec: CriticSpec, dist: DistRank):
+        set_torch_threads()
         backend = init_torch_distributed(dist, spec.trainer.backend)
         from rlsys.critic import ValueLearner
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from actors import free_port, init_torch_distributed, node_id, node_ip
+from actors import free_port, init_torch_distributed, node_id, node_ip, set_torch_threads
 from rlsys.specs import DistRank, LearnerSpec
 
 
 class LearnerActor:
     def __init__(self, spec: LearnerSpec, dist: DistRank):
+        self.torch_threads = set_torch_threads()
         backend = init_torch_distributed(dist, spec.trainer.backend)
         from rlsys.learner import PolicyLearner
 
@@ -21,8 +22,8 @@ class LearnerActor:
         self.sender = None
 
     def ready(self) -> dict:
-        """Rank, world, node and the settings the learner applied (applied_settings)."""
-        return {**self.learner.applied_settings(), "node_id": node_id()}
+        """Rank, world, node, torch threads and the settings the learner applied (applied_settings)."""
+        return {**self.learner.applied_settings(), "node_id": node_id(), "torch_threads": self.torch_threads}
 
     def policy_version(self) -> int:
         """Version of the weights this rank holds: one per train_step, as the driver counts syncs."""

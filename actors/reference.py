@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from actors import set_torch_threads
 from rlsys.specs import ReferenceSpec
 
 
@@ -11,6 +12,7 @@ class ReferenceActor:
     def __init__(self, spec: ReferenceSpec):
         from rlsys.reference import ReferenceModel
 
+        set_torch_threads()
         self.model = ReferenceModel(spec)
         self.calls: deque = deque(maxlen=1024)  # (start, end) wall-clock times of recent calls
 

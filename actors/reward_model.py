@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from actors import set_torch_threads
 from rlsys.protocol import ModelScores, RolloutGroup
 from rlsys.specs import ScalarRMSpec
 
@@ -45,6 +46,7 @@ class ScalarRMActor(RewardModelActor):
         from rlsys.rewards.scalar_rm import ScalarRewardModel
 
         super().__init__()
+        set_torch_threads()
         self.model = ScalarRewardModel(spec)
 
     def ready(self) -> bool:

@@ -6,7 +6,7 @@ on all ranks at once (each with its own shard of pairs) and gets the results tog
 """
 from __future__ import annotations
 
-from actors import init_torch_distributed, node_id
+from actors import init_torch_distributed, node_id, set_torch_threads
 from rlsys.specs import DistRank, RMTrainerSpec
 
 
@@ -20,6 +20,7 @@ def _resolve(pairs: list) -> list:
 
 class RMLearnerActor:
     def __init__(self, spec: RMTrainerSpec, dist: DistRank):
+        set_torch_threads()
         backend = init_torch_distributed(dist, spec.trainer.backend)
         from rlsys.reward_training import RewardModelTrainer
 

@@ -11,6 +11,8 @@ What is proved here:
   and the step equals the one with a separate no-grad pass, bit for bit.
 - Weight sync from a ZeRO-3 group to a receiver actor reproduces the parameters exactly, under
   the HF checkpoint's names; the object-store fallback does too.
+- A compute actor's torch threads are the CPUs Ray gave it, whatever OMP_NUM_THREADS its
+  worker process carries.
 """
 from __future__ import annotations
 
@@ -292,3 +294,32 @@ def test_weight_sync_zero3(ray_local, tiny_model_dir):
     assert len(buckets) > 1 and tensors_digest([nt for b in buckets for nt in b]) == learner_digest
     for a in group + [rx]:
         ray.kill(a)
+
+
+class ThreadProbe:
+    """An actor that sets its torch threads as the compute actors do (actors.set_torch_threads)."""
+
+    def __init__(self):
+        from actors import set_torch_threads
+
+        self.set_to = set_torch_threads()
+
+    def threads(self) -> tuple:
+        import torch
+
+        return self.set_to, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_actor_torch_threads_follow_its_cpus_not_a_stale_omp_setting(ray_local, tiny_model_dir):
+    """A worker whose OMP_NUM_THREADS (read by OpenMP when torch loads) disagrees with the CPUs
+    Ray gave the actor, as in a reused pooled worker, still computes on the actor's CPUs."""
+    ray = ray_local
+    stale_2 = ray.remote(num_cpus=1)(ThreadProbe).options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "2"}}).remote()
+    stale_1 = ray.remote(num_cpus=2)(ThreadProbe).options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}).remote()
+    assert ray.get(stale_2.threads.remote()) == (1, 1, "2")
+    assert ray.get(stale_1.threads.remote()) == (2, 2, "1")
+    ray.kill(stale_2)
+    ray.kill(stale_1)
+    (learner,) = start_group(ray, str(tiny_model_dir), 1)  # num_cpus=1, as start_dp_group gives
+    assert ray.get(learner.ready.remote())["torch_threads"] == 1
+    ray.kill(learner)
