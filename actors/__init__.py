@@ -15,9 +15,10 @@ def set_torch_threads() -> int:
     least 1); returns the count. Outside Ray torch's own setting stays.
 
     Ray only sets OMP_NUM_THREADS where it is unset, and an actor may start in a pooled worker
-    that loaded torch, and so OpenMP's thread count, under an earlier task's setting. The count
-    then depended on which worker the actor got, and with it the float summation order: a
-    resumed run's gradient norm once differed from the uninterrupted run's in its last bits."""
+    that loaded torch, and so OpenMP's thread count, under an earlier task's setting. The count,
+    and with it the float summation order, then depends on which worker the actor got (the
+    likely cause of a resumed run's gradient norm once differing from the uninterrupted run's
+    in its last bits, in CI; not reproduced)."""
     import torch
 
     try:
