@@ -21,12 +21,9 @@ def set_torch_threads() -> int:
     in its last bits, in CI; not reproduced)."""
     import torch
 
-    try:
-        import ray
+    from rlsys.models.engine import actor_cpu_share
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
-    except Exception:
-        cpus = None
+    cpus, _ = actor_cpu_share()
     if cpus is not None:
         torch.set_num_threads(max(1, int(cpus)))
     return torch.get_num_threads()

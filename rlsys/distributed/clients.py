@@ -168,14 +168,13 @@ def shard_samples(samples: list[TrainSample], ranks: int) -> list[list[TrainSamp
         order = sorted(range(len(samples)), key=lambda i: -samples[i].input_ids.shape[0])
         return [[samples[i] for i in order[r::ranks]] for r in range(ranks)]
 
-    def packed_tokens(idx: list[int]) -> int:
-        s0 = samples[idx[0]]
-        return s0.response_start + sum(samples[i].response_length for i in idx)
-
+    # A group's tokens as packing feeds them: its prompt once, then every response.
+    costed = [(samples[idx[0]].response_start + sum(samples[i].response_length for i in idx), idx)
+              for idx in groups.values()]
     load, owned = [0] * ranks, [[] for _ in range(ranks)]
-    for idx in sorted(groups.values(), key=lambda idx: (-packed_tokens(idx), idx[0])):
+    for tokens, idx in sorted(costed, key=lambda c: (-c[0], c[1][0])):
         r = min(range(ranks), key=lambda k: (load[k], len(owned[k]), k))
-        load[r] += packed_tokens(idx)
+        load[r] += tokens
         owned[r].append(idx)
     return [[samples[i] for idx in sorted(own) for i in idx] for own in owned]
 
