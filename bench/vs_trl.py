@@ -132,12 +132,29 @@ def run_rlsys(model: Path, train: Path, steps: int, out: Path) -> dict:
            "samples_per_s": samples / loop, "wall_samples_per_s": samples / wall,
            "tokens_per_s": tokens / loop, "response_len": tokens / samples,
            "reward": statistics.mean(r.get("reward/mean", 0.0) for r in rows), **load,
+           "reward_steps": [r.get("reward/mean", 0.0) for r in rows],
+           "length_steps": [r.get("batch/response_length_mean", 0.0) for r in rows],
            # cross-check of loop_s: the run's own clock of its training loop (summary.json)
            "summary_s": json.loads((run / "summary.json").read_text()).get("seconds")}
     res.update({f"time_{s}": statistics.mean(r.get(f"time/{s}", 0.0) for r in rows) for s in RLSYS_STAGES})
     for heavy in ("checkpoints", "hf_model"):  # ~470 MB per small run; the figures are read
         shutil.rmtree(run / heavy, ignore_errors=True)
     return _steady(res)
+
+
+def learned(res: dict) -> tuple[bool, str]:
+    """Whether a run's figures may be quoted: not when its batch reward fell by more than half
+    from its best step, or when its mean response reached 90% of the generation limit (the
+    small model's diverged runs ran to the limit). -> (ok, why not)."""
+    rewards, lengths = res.get("reward_steps"), res.get("length_steps")
+    if not rewards:
+        return False, "no per-step figures"
+    best = max(range(len(rewards)), key=rewards.__getitem__)
+    if min(rewards[best:]) < 0.5 * rewards[best]:
+        return False, f"reward fell from {rewards[best]:.2f} to {min(rewards[best:]):.2f}"
+    if max(lengths) >= 0.9 * NEW_TOKENS:
+        return False, f"responses reached {max(lengths):.0f} of {NEW_TOKENS} tokens"
+    return True, ""
 
 
 def _steady(res: dict) -> dict:
@@ -277,6 +294,8 @@ def trl_child(spec_path: str) -> None:
     Path(spec["out"], "trl_result.json").write_text(json.dumps({
         "steps": len(timer.times), "loop_s": sum(timer.times), "step_s": timer.times, "train_call_s": train_call,
         "tokens": tokens, "reward": statistics.mean(h.get("reward", 0.0) for h in logs),
+        "reward_steps": [h.get("reward", 0.0) for h in logs],
+        "length_steps": [h["completions/mean_length"] for h in logs],
         "torch_threads": torch.get_num_threads(), "trl_version": trl.__version__}))
 
 
@@ -362,23 +381,41 @@ def _tables(rec: dict) -> list[str]:
         "| model | prompt tokens | samples/s (loop) | samples/s (loop, steps 2..) | samples/s (whole process) | "
         "response tokens/s (loop) |", "|---|---|---|---|---|---|"]
     for size, info in rec["sizes"].items():
-        rl = [r for r in rec["runs"] if r["size"] == size and r["system"] == "rlsys"]
-        tr = [r for r in rec["runs"] if r["size"] == size and r["system"] == "trl"]
+        # Only runs that learned are quoted (`learned`): a speed from a diverging run is no speed.
+        rl = [r for r in rec["runs"] if r["size"] == size and r["system"] == "rlsys" and learned(r)[0]]
+        tr = [r for r in rec["runs"] if r["size"] == size and r["system"] == "trl" and learned(r)[0]]
         if rl and tr:
             lines.append(f"| {size} | {info['prompt_tokens']:.0f} | "
                          + " | ".join(f"{_mean(rl, k) / _mean(tr, k):.2f}x" for k in RATIOS) + " |")
+        else:
+            lines.append(f"| {size} | {info['prompt_tokens']:.0f} | no ratio: no run of one system learned (below) | | | |")
     lines += ["", "## Per run", "",
               "| model | run | system | steps | samples/s (loop) | (steps 2..) | samples/s (process) | tokens/s (loop) | "
-              "mean response (tokens) | mean reward | loop s | process s | busy cores (others) | rlsys generate / "
-              "update / sync / wait_ahead (s per step) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "mean response (tokens) | mean reward | learned | loop s | process s | busy cores (others) | rlsys generate / "
+              "update / sync / wait_ahead (s per step) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rec["runs"]:
         stages = (" / ".join(f"{r[f'time_{s}']:.2f}" for s in RLSYS_STAGES) if r["system"] == "rlsys"
                   else f"train() call: {r['train_call_samples_per_s']:.1f} samples/s")
         lines.append(f"| {r['size']} | {r['rep']} | {r['system']} | {r['steps']} | {r['samples_per_s']:.2f} | "
                      f"{r['steady_samples_per_s']:.2f} | {r['wall_samples_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
                      f"{r['response_len']:.1f} | "
-                     f"{r['reward']:.3f} | {r['loop_s']:.1f} | {r['wall_s']:.1f} | {_load(r)} | {stages} |")
+                     f"{r['reward']:.3f} | {_learned_cell(r)} | {r['loop_s']:.1f} | {r['wall_s']:.1f} | {_load(r)} | "
+                     f"{stages} |")
+    lines += ["", "## Per step: batch reward and mean response length", "",
+              "A run is marked (learned: **no**) when its reward fell by more than half from its best step or its "
+              f"mean response reached 90% of the {NEW_TOKENS}-token limit; marked runs are left out of the ratios.", "",
+              "| model | run | system | reward per step | response tokens per step |", "|---|---|---|---|---|"]
+    for r in rec["runs"]:
+        if "reward_steps" in r:
+            lines.append(f"| {r['size']} | {r['rep']} | {r['system']} | "
+                         + " ".join(f"{x:.2f}" for x in r["reward_steps"]) + " | "
+                         + " ".join(f"{x:.0f}" for x in r["length_steps"]) + " |")
     return lines
+
+
+def _learned_cell(r: dict) -> str:
+    ok, why = learned(r)
+    return "yes" if ok else f"**no**: {why}"
 
 
 def _settings(rec: dict) -> list[str]:

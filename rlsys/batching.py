@@ -86,3 +86,12 @@ def build_train_batch(scored: list[ScoredGroup], algo: AlgorithmConfig, estimato
         zero_variance_group_frac=sum(len(set(sg.reward.rewards)) <= 1 for sg in scored) / len(scored),
         kl_penalty_mean=kl_penalty)
     return TrainBatch(samples=samples, policy_version=policy_version), stats
+
+
+def carries_gradient(batch: TrainBatch, algo: AlgorithmConfig, with_critic: bool) -> bool:
+    """False when the update's gradient is exactly 0: every advantage is 0 (each group's rewards
+    were equal) and no KL, entropy or critic term trains. Adam would still move the weights on
+    such a batch, replaying its momentum with no data behind it, so the driver skips the update."""
+    if with_critic or algo.entropy_coef > 0 or (algo.kl_coef > 0 and not algo.kl_in_reward):
+        return True
+    return any(bool(s.advantages.abs().sum() > 0) for s in batch.samples)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rlsys import checkpoint
-from rlsys.batching import build_train_batch
+from rlsys.batching import build_train_batch, carries_gradient
 from rlsys.checkpoint import RunState
 from rlsys.config import RunConfig, to_dict
 from rlsys.distributed.recovery import RoleFailure
@@ -160,18 +160,29 @@ class Driver:
         return fill, timelines
 
     def learn(self, scored: list[ScoredGroup], timer: StageTimer) -> dict[str, float]:
-        """advantages -> update -> sync on the step's batch; -> their metrics."""
-        with timer.stage("advantages"):
-            batch, batch_stats = self.advantages(self.normalize(scored))
-        with timer.stage("update"):
-            learner_metrics, critic_metrics = self.update(batch)
+        """advantages -> update -> sync on the step's batch; -> their metrics. A batch that carries
+        no gradient (dynamic sampling kept nothing, or rlsys/batching.py::carries_gradient) skips the update and
+        the sync: the policy and its version stay, and the batches generated ahead stay on-policy."""
+        row: dict[str, float] = {}
+        batch = None
+        if scored:
+            with timer.stage("advantages"):
+                batch, batch_stats = self.advantages(self.normalize(scored))
+            row.update(flatten("batch", batch_stats))
+        updated = batch is not None and carries_gradient(batch, self.cfg.algorithm, self.roles.critic is not None)
+        if updated:
+            with timer.stage("update"):
+                learner_metrics, critic_metrics = self.update(batch)
+            row.update({**flatten("learner", learner_metrics),
+                        **(flatten("critic", critic_metrics) if critic_metrics is not None else {})})
+        elif batch is not None:
+            row["learner/no_signal_skipped"] = 1.0
         with timer.stage("wait_ahead"):  # engines finish the batches they generate ahead
             self.roles.pump.finish_generation()
-        with timer.stage("sync"):
-            sync_seconds = self.sync()
-        return {**flatten("batch", batch_stats), **flatten("learner", learner_metrics),
-                **(flatten("critic", critic_metrics) if critic_metrics is not None else {}),
-                "sync/seconds": sync_seconds}
+        if updated:
+            with timer.stage("sync"):
+                row["sync/seconds"] = self.sync()
+        return row
 
     # ------------------------------------------------------------------ one step
 
@@ -189,10 +200,8 @@ class Driver:
             self.recorder.write(self.step_index, fill.seen)  # dropped groups too: the full record
         row = {**fill.metrics(), **_reward_metrics(fill.seen), **engines, **_stream_metrics(timelines),
                **self._lag_metrics(fill.kept_online)}
-        if fill.batch:
-            row.update(self.learn(fill.batch, timer))
-        # else dynamic sampling dropped every group (all rewards equal: nothing to learn), so no
-        # update and no sync this step; sampling/batch_groups = 0 records it.
+        # With dynamic sampling every group may be dropped (sampling/batch_groups = 0 records it).
+        row.update(self.learn(fill.batch, timer))
         times = timer.finish()
         row.update({**times, **_throughput(fill, times), "policy/version": self.version,
                     **self.roles.peak_memory_mb(), **(self.roles.recovery.metrics() if self.roles.recovery else {}),

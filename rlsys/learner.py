@@ -17,7 +17,8 @@ from typing import Iterator
 import torch
 
 from rlsys.algorithms.kl import KL_ESTIMATORS
-from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLossParams, truncated_is_weights
+from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLossParams
+from rlsys.algorithms.off_policy import OFF_POLICY_CORRECTIONS
 from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, hf_checkpoint_names
 from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
@@ -46,8 +47,13 @@ class LearnerMetrics:
     """One `train_step`, identical on every rank (all values are global, all-reduced).
 
     Loss-like values are means over the step's optimizer steps of the full-batch value.
+    is_*: the off-policy correction, token fractions: weight truncated to the cap, token dropped
+    (masked forms), ratio pi_old / pi_behaviour below 1/c and above c (whatever the form).
     mismatch_*: learner log-probs (before any update) vs the samples' behaviour log-probs:
     mean |diff| and max |diff| over tokens, and the token mean of exp(learner - behaviour).
+    drift_kl, drift_seq_kl: KL(behaviour || learner before the update) per token (k3) and per
+    sequence (summed over the response): how far the policy moved since the batch was sampled
+    (one update's worth at max_staleness 1; ~0 on-policy, where only numerics differ).
     skipped: optimizer steps skipped for a non-finite loss/gradient (their grads dropped).
     """
 
@@ -59,9 +65,14 @@ class LearnerMetrics:
     grad_norm: float = 0.0
     lr: float = 0.0
     is_weight_clip_frac: float = 0.0
+    is_masked_frac: float = 0.0
+    is_ratio_low_frac: float = 0.0
+    is_ratio_high_frac: float = 0.0
     mismatch_abs_mean: float = 0.0
     mismatch_abs_max: float = 0.0
     mismatch_ratio_mean: float = 0.0
+    drift_kl: float = 0.0
+    drift_seq_kl: float = 0.0
     tokens: float = 0.0
     samples: float = 0.0
     optimizer_steps: float = 0.0
@@ -78,7 +89,8 @@ class PolicyMicroSums(MicroSums):
     """One micro-batch's contribution to the step metrics (summed over micro-batches, ranks).
 
     policy_loss: its share of the full mini-batch loss; kl, entropy: sums over valid tokens;
-    clip_tokens, approx_kl_tokens, is_clip_tokens: token-weighted sums of the loss statistics.
+    clip_tokens, approx_kl_tokens, is_*_tokens: token-weighted sums of the loss statistics and of
+    the off-policy correction's (rlsys/algorithms/off_policy.py ISWeightStats).
     """
 
     policy_loss: float = 0.0
@@ -87,6 +99,9 @@ class PolicyMicroSums(MicroSums):
     clip_tokens: float = 0.0
     approx_kl_tokens: float = 0.0
     is_clip_tokens: float = 0.0
+    is_masked_tokens: float = 0.0
+    is_low_tokens: float = 0.0
+    is_high_tokens: float = 0.0
 
 
 class PolicyLearner(DeepSpeedTrainerBase):
@@ -108,6 +123,7 @@ class PolicyLearner(DeepSpeedTrainerBase):
         self.kl_coef, self.kl_fn = spec.kl_coef, KL_ESTIMATORS[spec.kl_estimator]
         self.entropy_coef = spec.entropy_coef
         self.max_is_weight = spec.max_is_weight
+        self.correction_fn = OFF_POLICY_CORRECTIONS[spec.off_policy_correction]
         self.temperature = spec.temperature
         model, self.processor, self.pad_token_id = self.load_model()
         # With one optimizer step per train step and no dropout, the training forward runs the
@@ -185,6 +201,9 @@ class PolicyLearner(DeepSpeedTrainerBase):
         m.clip_frac = update.mean("clip_tokens", per_token=True)
         m.approx_kl = update.mean("approx_kl_tokens", per_token=True)
         m.is_weight_clip_frac = update.mean("is_clip_tokens", per_token=True)
+        m.is_masked_frac = update.mean("is_masked_tokens", per_token=True)
+        m.is_ratio_low_frac = update.mean("is_low_tokens", per_token=True)
+        m.is_ratio_high_frac = update.mean("is_high_tokens", per_token=True)
         m.optimizer_steps, m.skipped = float(len(update.steps)), float(update.skipped)
         m.grad_norm = float(update.grad_norm)
         m.tokens = self.global_counts(samples)[0]
@@ -209,10 +228,9 @@ class PolicyLearner(DeepSpeedTrainerBase):
         adv = pad_rows([s.advantages for s in mb], width).to(dev)
         if not real:
             mask = torch.zeros_like(mask)
-        is_w, is_clip = None, torch.zeros(())
+        is_w, is_st = None, None
         if self.max_is_weight is not None:
-            is_w, is_stats = truncated_is_weights(old, behav, self.max_is_weight, mask)
-            is_clip = is_stats.clip_frac
+            is_w, is_st = self.correction_fn(old, behav, self.max_is_weight, mask)
         per_tok, st = self.loss_fn(lp, old, adv, mask, self.loss_params, is_weights=is_w)
         agg = AggregationParams(self.norm_length, counts[0], counts[1])
         loss = self.agg_fn(per_tok, mask, agg)
@@ -236,7 +254,10 @@ class PolicyLearner(DeepSpeedTrainerBase):
         return PolicyMicroSums(
             bad=float(bad), policy_loss=float(pg_loss) if not bad else 0.0, kl=float(kl), entropy=float(ent_sum),
             clip_tokens=float(st.clip_frac_low + st.clip_frac_high) * n_tok,
-            approx_kl_tokens=float(st.approx_kl) * n_tok, is_clip_tokens=float(is_clip) * n_tok)
+            approx_kl_tokens=float(st.approx_kl) * n_tok,
+            **({} if is_st is None else dict(
+                is_clip_tokens=float(is_st.clip_frac) * n_tok, is_masked_tokens=float(is_st.masked_frac) * n_tok,
+                is_low_tokens=float(is_st.low_frac) * n_tok, is_high_tokens=float(is_st.high_frac) * n_tok)))
 
     # ------------------------------------------------------------------ supervised (rlsys sft)
 
@@ -271,16 +292,22 @@ class PolicyLearner(DeepSpeedTrainerBase):
         return SFTMicroSums(bad=float(bad), nll=0.0 if bad else nll)
 
     def _mismatch(self, prox: list[torch.Tensor], samples: list[TrainSample]) -> dict:
-        """Train/inference log-prob mismatch over all ranks' tokens (see LearnerMetrics)."""
+        """Train/inference log-prob mismatch over all ranks' tokens (see LearnerMetrics), and the
+        drift of the policy since the samples were drawn: KL(pi_behaviour || pi_old) per token
+        (k3 estimate on the sampled tokens) and per sequence (the sum of -log rho over a
+        response, averaged over sequences)."""
         diffs = [p - s.old_logprobs.float().cpu() for p, s in zip(prox, samples)]
         d = torch.cat(diffs) if diffs else torch.zeros(0)
         fin = torch.isfinite(d)
         d = d[fin]
-        g = self.all_reduce(torch.tensor([d.abs().sum(), d.exp().sum(), d.numel()], dtype=torch.float64))
+        dc = d.clamp(-20.0, 20.0)
+        seq = sum(float(-x[torch.isfinite(x)].sum()) for x in diffs)
+        g = self.all_reduce(torch.tensor([d.abs().sum(), d.exp().sum(), d.numel(), (dc.exp() - 1 - dc).sum(),
+                                          seq, len(diffs)], dtype=torch.float64))
         mx = self.all_reduce(torch.tensor([d.abs().max() if d.numel() else 0.0], dtype=torch.float64), op="max")
-        n = max(float(g[2]), 1.0)
+        n, n_seq = max(float(g[2]), 1.0), max(float(g[5]), 1.0)
         return {"mismatch_abs_mean": float(g[0]) / n, "mismatch_ratio_mean": float(g[1]) / n,
-                "mismatch_abs_max": float(mx[0])}
+                "mismatch_abs_max": float(mx[0]), "drift_kl": float(g[3]) / n, "drift_seq_kl": float(g[4]) / n_seq}
 
     # ------------------------------------------------------------------ weights out
 

@@ -86,7 +86,8 @@ class LearnerSpec:
 
     policy_loss: a POLICY_LOSSES name; clip_* / dual_clip / seq_clip_*: its PolicyLossParams.
     kl_coef, kl_estimator: KL(pi || pi_ref) as a loss term (0 disables).
-    max_is_weight: cap of the truncated importance weight pi_old / pi_behaviour; None disables.
+    max_is_weight: bound c of the off-policy correction of pi_old / pi_behaviour; None disables.
+    off_policy_correction: an OFF_POLICY_CORRECTIONS name (rlsys/algorithms/off_policy.py).
     temperature: the sampling temperature; log-probs are of logits / temperature.
     pack_prompts: run each shared prompt once per forward (rlsys/models/packing.py).
     """
@@ -102,6 +103,7 @@ class LearnerSpec:
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     max_is_weight: Optional[float] = None
+    off_policy_correction: str = "token_truncate"
     temperature: float = 1.0
     pack_prompts: bool = True
 
@@ -311,7 +313,8 @@ def role_specs(cfg: RunConfig, model_path: str) -> RoleSpecs:
         seq_clip_low=a.seq_clip_low, seq_clip_high=a.seq_clip_high,
         # KL folded into the reward is not also a loss term.
         kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_estimator=a.kl_estimator,
-        entropy_coef=a.entropy_coef, max_is_weight=a.max_is_weight, temperature=cfg.rollout.temperature,
+        entropy_coef=a.entropy_coef, max_is_weight=a.max_is_weight,
+        off_policy_correction=a.off_policy_correction, temperature=cfg.rollout.temperature,
         pack_prompts=lr_cfg.pack_prompts)
     critic = None
     if cfg.critic.enabled:

@@ -17,23 +17,24 @@ from .losses import (
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
     AggregationParams,
-    ISWeightStats,
     PolicyLossParams,
     PolicyLossStats,
     get_loss_aggregation,
     get_policy_loss,
-    truncated_is_weights,
     value_loss,
 )
+from .off_policy import OFF_POLICY_CORRECTIONS, ISWeightStats, get_off_policy_correction, truncated_is_weights
 from .registry import Registry, UnknownNameError
 
 ADVANTAGE_NAMES = ADVANTAGES.names()
 POLICY_LOSS_NAMES = POLICY_LOSSES.names()
 KL_ESTIMATOR_NAMES = KL_ESTIMATORS.names()
 LOSS_AGGREGATION_NAMES = LOSS_AGGREGATIONS.names()
+OFF_POLICY_CORRECTION_NAMES = OFF_POLICY_CORRECTIONS.names()
 
 __all__ = [
-    "ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS",
+    "ADVANTAGES", "POLICY_LOSSES", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "OFF_POLICY_CORRECTIONS",
+    "OFF_POLICY_CORRECTION_NAMES", "get_off_policy_correction",
     "ADVANTAGE_NAMES", "POLICY_LOSS_NAMES", "KL_ESTIMATOR_NAMES", "LOSS_AGGREGATION_NAMES",
     "get_advantage", "get_policy_loss", "get_kl_estimator", "get_loss_aggregation",
     "AdvantageInputs", "AdvantageParams", "AdvantageOutputs", "masked_whiten",

@@ -1,4 +1,5 @@
-"""Policy losses, off-policy importance weights, the clipped value loss and loss aggregation.
+"""Policy losses, the clipped value loss and loss aggregation (importance weights for off-policy
+samples: rlsys/algorithms/off_policy.py).
 
 Pure torch. Shapes: N sequences, R response tokens. `mask` [N, R] is true on trained tokens;
 masked positions are never read (NaN/inf there changes neither values nor gradients) and
@@ -15,7 +16,6 @@ Aggregations share one signature:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
@@ -91,15 +91,6 @@ class PolicyLossStats:
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}
 
 
-@dataclass
-class ISWeightStats:
-    """clip_frac: valid tokens whose ratio exceeded the cap; mean, max: of the weights."""
-
-    clip_frac: Tensor
-    mean: Tensor
-    max: Tensor
-
-
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)
 
@@ -156,7 +147,7 @@ def ppo_clip(
 ) -> tuple[Tensor, PolicyLossStats]:
     """PPO clipped surrogate per token with ratio r = pi / pi_old, asymmetric clip
     [1 - clip_low, 1 + clip_high] and optional dual clip. All inputs [N, R]; `is_weights`
-    (e.g. truncated_is_weights) multiplies the per-token loss, detached. -> [N, R], stats."""
+    (rlsys/algorithms/off_policy.py) multiplies the per-token loss, detached. -> [N, R], stats."""
     lp, old, adv, mask = _sanitise(logprobs, old_logprobs, advantages, mask)
     log_ratio = (lp - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = log_ratio.exp()
@@ -189,38 +180,6 @@ def gspo(
         ratio, adv, mask, params.seq_clip_low, params.seq_clip_high, params, is_weights,
         token_log_ratio,
     )
-
-
-def truncated_is_weights(
-    proximal_logprobs: Tensor,
-    behaviour_logprobs: Tensor,
-    cap: float,
-    mask: Optional[Tensor] = None,
-) -> tuple[Tensor, ISWeightStats]:
-    """Truncated importance weights min(pi_prox / pi_behav, cap) per token, detached.
-
-    For off-policy (stale or train/inference-mismatched) samples: pi_behav is the policy that
-    sampled (vLLM log-probs), pi_prox the learner's recomputation before the update (the
-    policy loss's `old_logprobs`). Pass the weights as a policy loss's `is_weights`.
-    [N, R] -> weights [N, R] (0 where masked), stats.
-    """
-    if not cap > 0:
-        raise ValueError(f"importance-weight cap must be > 0, got {cap}")
-    if mask is None:
-        mask = torch.ones_like(proximal_logprobs, dtype=torch.bool)
-    mask = mask.bool()
-    dtype = torch.promote_types(proximal_logprobs.dtype, torch.float32)
-    prox = torch.where(mask, proximal_logprobs.detach().to(dtype), 0.0)
-    behav = torch.where(mask, behaviour_logprobs.detach().to(dtype), 0.0)
-    log_ratio = prox - behav
-    # min in log space: exp(log cap) never overflows, whatever the ratio.
-    w = torch.where(mask, log_ratio.clamp(max=math.log(cap)).exp(), 0.0)
-    stats = ISWeightStats(
-        clip_frac=_masked_mean((log_ratio > math.log(cap)).float(), mask),
-        mean=_masked_mean(w, mask),
-        max=_masked_max(w, mask),
-    )
-    return w, stats
 
 
 def value_loss(

@@ -55,7 +55,10 @@ def validate(cfg: RunConfig) -> None:
     _check_sampling(cfg.sampling)
     if cfg.sampling.max_staleness > 0 and cfg.algorithm.max_is_weight is None:
         raise ConfigError(f"sampling.max_staleness = {cfg.sampling.max_staleness}: off-policy samples need "
-                          "algorithm.max_is_weight (the truncated importance-weight cap, e.g. 2.0); it is null")
+                          "algorithm.max_is_weight (the bound of the off-policy correction, e.g. 2.0); it is null")
+    if cfg.algorithm.off_policy_correction.endswith("_mask") and (cfg.algorithm.max_is_weight or 2.0) <= 1.0:
+        raise ConfigError(f"algorithm.max_is_weight = {cfg.algorithm.max_is_weight}: a masked correction "
+                          f"({cfg.algorithm.off_policy_correction}) keeps ratios in [1/c, c] and needs c > 1")
     syn = cfg.data.synthetic
     if syn.image_size % 28:
         raise ConfigError(f"data.synthetic.image_size = {syn.image_size}: must be a multiple of 28")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rlsys.batching import build_train_batch
+from rlsys.batching import build_train_batch, carries_gradient
 from rlsys.config import AlgorithmConfig
 from rlsys.protocol import Prompt, RewardResult, Rollout, RolloutGroup, ScoredGroup
 
@@ -47,3 +47,17 @@ def test_kl_in_reward_penalises_tokens_for_reinforce_pp():
     # k1 = logp - ref = -0.5 - (-0.7) = 0.2 per token -> penalty -0.02 per token
     assert stats.kl_penalty_mean == pytest.approx(-0.02, abs=1e-6)
     assert batch.samples[0].ref_logprobs.tolist() == pytest.approx([-0.7, -0.7])
+
+
+def test_a_batch_of_equal_rewards_carries_no_gradient():
+    equal = [_group("a", [1.0, 1.0], [2, 3]), _group("b", [0.0, 0.0, 0.0], [1, 1, 3])]
+    batch, _ = build_train_batch(equal, AlgorithmConfig(), "grpo", 0)
+    assert not carries_gradient(batch, AlgorithmConfig(), with_critic=False)
+    # any other loss term still trains on it
+    assert carries_gradient(batch, AlgorithmConfig(entropy_coef=0.01), with_critic=False)
+    assert carries_gradient(batch, AlgorithmConfig(kl_coef=0.1), with_critic=False)
+    assert not carries_gradient(batch, AlgorithmConfig(kl_coef=0.1, kl_in_reward=True), with_critic=False)
+    assert carries_gradient(batch, AlgorithmConfig(), with_critic=True)
+    # one group with a reward spread is enough
+    mixed, _ = build_train_batch([*equal, _group("c", [1.0, 0.0], [2, 2])], AlgorithmConfig(), "grpo", 0)
+    assert carries_gradient(mixed, AlgorithmConfig(), with_critic=False)

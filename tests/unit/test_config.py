@@ -51,8 +51,7 @@ def test_int_is_accepted_where_float_expected_but_not_the_reverse():
     ("algorithm.policy_loss=nope", r"algorithm.policy_loss = 'nope': must be one of .*ppo_clip"),
     ("algorithm.kl_estimator=k9", r"algorithm.kl_estimator = 'k9': must be one of k1, k2, k3"),
     ("sampling.mode=offline", r"sampling.offline_path = null: sampling.mode = 'offline' needs"),
-    # The default is asynchronous (k = 1) with the IS weight on; taking the weight away fails.
-    ("algorithm.max_is_weight=null", r"sampling.max_staleness = 1: off-policy samples need algorithm.max_is_weight"),
+    ("algorithm.off_policy_correction=icepop", r"algorithm.off_policy_correction = 'icepop': must be one of .*seq_mask"),
     ("rollout.stream_window=0", r"rollout.stream_window = 0: must be >= 1"),
     ("sampling.offline_path=runs/x", r"sampling.offline_path = 'runs/x': only sampling.mode = 'offline' or 'mixed'"),
     ("sampling.offline_fraction=0.5", r"sampling.offline_fraction = 0.5: only sampling.mode = 'mixed' uses it"),
@@ -62,6 +61,18 @@ def test_int_is_accepted_where_float_expected_but_not_the_reverse():
 def test_invalid_settings_name_field_and_allowed(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(DEFAULT, [override])
+
+
+def test_asynchronous_training_needs_an_off_policy_correction():
+    # The default is synchronous (k = 0): no correction needed there, k = 1 without one fails.
+    assert load_config(DEFAULT, ["algorithm.max_is_weight=null"]).sampling.max_staleness == 0
+    with pytest.raises(ConfigError, match=r"sampling.max_staleness = 1: off-policy samples need algorithm.max_is_weight"):
+        load_config(DEFAULT, ["sampling.max_staleness=1", "algorithm.max_is_weight=null"])
+
+
+def test_a_masked_correction_needs_a_band():
+    with pytest.raises(ConfigError, match=r"algorithm.max_is_weight = 0.9: a masked correction \(seq_mask\)"):
+        load_config(DEFAULT, ["algorithm.off_policy_correction=seq_mask", "algorithm.max_is_weight=0.9"])
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -130,7 +141,7 @@ def test_cli_invalid_setting_exits_nonzero_with_one_line(override, field):
 def test_cli_rollout_rejects_a_bad_prompt_count_before_starting_anything():
     out = _cli("rollout", "--max-prompts", "0")
     assert out.returncode == 2 and out.stderr.strip() == "rlsys: rollout --max-prompts = 0: must be >= 1"
-    out = _cli("rollout", "algorithm.max_is_weight=null")
+    out = _cli("rollout", "sampling.max_staleness=1", "algorithm.max_is_weight=null")
     assert out.returncode == 2 and "sampling.max_staleness = 1: off-policy samples need" in out.stderr
 
 
