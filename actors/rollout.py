@@ -1,7 +1,9 @@
 """Rollout actor: one vLLM engine, one method per remote call. Knows nothing of the loop."""
 from __future__ import annotations
 
-from rlsys.protocol import Prompt, RolloutGroup
+from typing import Iterator
+
+from rlsys.protocol import EngineInfo, PeakMemory, Prompt, RolloutGroup, WorkerInfo, WorkerMemory, WorkerSyncReport
 from rlsys.specs import EngineSpec, SamplingSpec, generate_kwargs
 
 
@@ -26,7 +28,7 @@ class RolloutActor:
         self.prompts_generated += len(groups)
         return groups
 
-    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSpec):
+    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSpec) -> Iterator[tuple[int, RolloutGroup]]:
         """Ray streaming generator: yields (index in `prompts`, RolloutGroup) as soon as each
         prompt's samples finish, in completion order (vLLM's continuous batching)."""
         from rlsys.distributed.media_store import resolve_prompts
@@ -57,7 +59,7 @@ class RolloutActor:
         self.version = self.engine.policy_version
         return self.version
 
-    def last_sync(self) -> list[dict]:
+    def last_sync(self) -> list[WorkerSyncReport]:
         """Each worker's report of the last `receive_weights`: rank, version, bytes, seconds,
         largest bucket held (MiB) and, with verify, the digest of what it received."""
         return list(getattr(self, "last_reports", []))
@@ -86,25 +88,24 @@ class RolloutActor:
     def policy_version(self) -> int:
         return self.version
 
-    def engine_info(self) -> dict:
+    def engine_info(self) -> EngineInfo:
         """This engine as seen from inside: the node it runs on, the policy version it holds, and
         how many prompts it has generated so far (checks placement, weight sync and balancing)."""
         from actors import node_id
 
-        return {"node_id": node_id(), "policy_version": self.version,
-                "prompts_generated": self.prompts_generated}
+        return EngineInfo(node_id(), self.version, self.prompts_generated)
 
-    def peak_memory_mb(self) -> dict[str, float]:
+    def peak_memory_mb(self) -> PeakMemory:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()
 
-    def workers_memory_mb(self) -> list[dict]:
+    def workers_memory_mb(self) -> list[WorkerMemory]:
         """Each vLLM worker's memory: peak (lifetime), current RSS, rank. At TP 1 the worker is
         this process."""
         return self.engine.collective_rpc("rlsys_peak_memory_mb")
 
-    def workers_info(self) -> list[dict]:
+    def workers_info(self) -> list[WorkerInfo]:
         """Each vLLM worker's pid, rank, cores and device (rlsys_worker_info)."""
         return self.engine.collective_rpc("rlsys_worker_info")
 

@@ -269,3 +269,92 @@ class TrainBatch:
 
     samples: list[TrainSample]
     policy_version: int = 0
+
+
+# ---- what actors report about themselves (ready, memory, weight sync, placement). Records, not
+# dicts, so a renamed or dropped field fails where it is made, not at a reader's key lookup.
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak memory of one process (rlsys/memory.py): host RSS, and the CUDA allocator's peak
+    when CUDA is in use (else None)."""
+
+    host_mb: float
+    gpu_mb: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class WorkerMemory:
+    """One vLLM worker's memory: its lifetime peak, its RSS now, and its peak RSS since the
+    last reset (VmHWM; rlsys_reset_peak_memory), MiB."""
+
+    rank: int
+    peak: PeakMemory
+    rss_mb: float
+    hwm_mb: float
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Where one vLLM worker runs: pid, rank in its engine, the cores its threads may use, its
+    torch thread count, its device and the CUDA_VISIBLE_DEVICES it sees."""
+
+    pid: int
+    rank: int
+    cores: tuple[int, ...]
+    threads: int
+    device: str
+    cuda_visible_devices: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A rollout engine as seen from inside: its node (Ray's id; None outside Ray), the policy
+    version it holds and the prompts it has generated so far."""
+
+    node_id: Optional[str]
+    policy_version: int
+    prompts_generated: int
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """One weight transfer as the sender (learner rank 0) saw it."""
+
+    version: int
+    tensors: int
+    buckets: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerSyncReport:
+    """One vLLM worker's side of a weight transfer: its rank in the sync group, the version
+    received, bytes, seconds, the largest bucket it held (MiB) and, when asked for, the digest
+    of what arrived (to compare with the learner's params_digest)."""
+
+    rank: int
+    version: int
+    bytes: int
+    peak_buffer_mb: float
+    seconds: float
+    digest: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TrainerInfo:
+    """A DeepSpeed rank once started (learner, critic, RM trainer): rank, world and the settings
+    it applied, read back from the live model (rlsys/deepspeed_base.py applied_settings), so a
+    test sees a spec field take effect. The policy learner adds its packing and proximal-policy
+    choices; node_id / torch_threads where the actor reports them."""
+
+    rank: int
+    world: int
+    zero_stage: int
+    gradient_checkpointing: bool
+    loss_agg: str
+    node_id: Optional[str] = None
+    torch_threads: Optional[int] = None
+    pack_prompts: Optional[bool] = None
+    proximal_from_training_forward: Optional[bool] = None

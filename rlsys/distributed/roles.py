@@ -232,9 +232,9 @@ class Roles:
         models = [(f"memory/reward_model_{pool.name}{i}_host_mb", a.peak_memory_mb.remote())
                   for pool in self.reward_models for i, a in enumerate(pool.actors)]
         values = ray.get(engines + [self.reward.actor.peak_memory_mb.remote()] + [ref for _, ref in models])
-        out = {f"memory/engine{i}_host_mb": v["host_mb"] for i, v in enumerate(values[:len(engines)])}
-        out["memory/reward_host_mb"] = values[len(engines)]["host_mb"]
-        out.update({key: v["host_mb"] for (key, _), v in zip(models, values[len(engines) + 1:])})
+        out = {f"memory/engine{i}_host_mb": v.host_mb for i, v in enumerate(values[:len(engines)])}
+        out["memory/reward_host_mb"] = values[len(engines)].host_mb
+        out.update({key: v.host_mb for (key, _), v in zip(models, values[len(engines) + 1:])})
         return out
 
     def save_checkpoint(self, path: Path) -> None:

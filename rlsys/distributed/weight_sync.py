@@ -33,11 +33,12 @@ import ipaddress
 import pickle
 import socket
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable, Iterator
 
 import torch
+
+from rlsys.protocol import SyncStats
 
 NamedTensor = tuple[str, torch.Tensor]
 _ALIGN = 16  # byte alignment of each tensor inside a bucket (covers every dtype's itemsize)
@@ -244,17 +245,6 @@ def _recv_obj(pg, device):
     raw = torch.empty(int(n.item()), dtype=torch.uint8, device=device)
     _broadcast(pg, raw)
     return pickle.loads(raw.cpu().numpy().tobytes())
-
-
-@dataclass
-class SyncStats:
-    """One transfer as the sender saw it."""
-
-    version: int
-    tensors: int
-    buckets: int
-    bytes: int
-    seconds: float
 
 
 class WeightSyncSender:

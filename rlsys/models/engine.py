@@ -33,7 +33,7 @@ import os
 import time
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from rlsys.protocol import Prompt, Rollout, RolloutGroup
+from rlsys.protocol import Prompt, Rollout, RolloutGroup, WorkerInfo, WorkerMemory, WorkerSyncReport
 
 
 class WeightReloadExtension:
@@ -89,7 +89,7 @@ class WeightReloadExtension:
         self._rlsys_digest = None
         return rank
 
-    def rlsys_receive_weights(self, digest: bool = False) -> dict:
+    def rlsys_receive_weights(self, digest: bool = False) -> WorkerSyncReport:
         """Take one broadcast into this worker's model, each bucket loaded as it arrives (one
         streaming `reload_weights`: vLLM processes a layer as soon as all its tensors are in,
         and buckets hold whole fused layers, so no second copy of the model is ever held).
@@ -109,9 +109,9 @@ class WeightReloadExtension:
         stream = rx.receive()
         self._rlsys_stream_reload(acc.wrap(stream) if acc is not None else stream)
         self._rlsys_digest = acc.hexdigest() if acc is not None else None
-        return {"rank": rx.rank, "version": rx.version, "bytes": rx.last_bytes,
-                "peak_buffer_mb": rx.peak_buffer_bytes / 2**20, "seconds": time.perf_counter() - t0,
-                "digest": self._rlsys_digest}
+        return WorkerSyncReport(rank=rx.rank, version=rx.version, bytes=rx.last_bytes,
+                                peak_buffer_mb=rx.peak_buffer_bytes / 2**20, seconds=time.perf_counter() - t0,
+                                digest=self._rlsys_digest)
 
     def _rlsys_stream_reload(self, named_tensors) -> None:
         try:
@@ -128,28 +128,25 @@ class WeightReloadExtension:
                 pass
             raise
 
-    def rlsys_peak_memory_mb(self) -> dict:
-        """This worker process's peak memory (rlsys/memory.py) and current RSS."""
+    def rlsys_peak_memory_mb(self) -> WorkerMemory:
+        """This worker process's peak memory (rlsys/memory.py), current RSS and peak RSS since
+        rlsys_reset_peak_memory."""
         from rlsys.memory import peak_memory_mb
 
-        out = dict(peak_memory_mb())
-        out["rss_mb"] = _rss_mb()
-        out["hwm_mb"] = peak_rss_mb()  # peak RSS since rlsys_reset_peak_memory
-        out["rank"] = int(self.rank)
-        return out
+        return WorkerMemory(rank=int(self.rank), peak=peak_memory_mb(), rss_mb=_rss_mb(), hwm_mb=peak_rss_mb())
 
     def rlsys_reset_peak_memory(self) -> None:
         _reset_peak_rss()
 
-    def rlsys_worker_info(self) -> dict:
+    def rlsys_worker_info(self) -> WorkerInfo:
         """Where this worker runs: pid, rank in its engine, the cores its threads may use, its
         OpenMP thread count and its device (checks that each engine has exactly its own)."""
         import torch
 
         device = str(getattr(self, "device", "cpu"))
-        return {"pid": os.getpid(), "rank": int(self.rank), "cores": sorted(os.sched_getaffinity(0)),
-                "threads": torch.get_num_threads(), "device": device,
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        return WorkerInfo(pid=os.getpid(), rank=int(self.rank), cores=tuple(sorted(os.sched_getaffinity(0))),
+                          threads=torch.get_num_threads(), device=device,
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def _status_mb(field: str) -> float:
@@ -619,12 +616,12 @@ class VLLMEngine:
         return [int(r) for r in self.llm.collective_rpc(
             "rlsys_open_weight_sync", args=(host, port, world_size, first_rank, backend, timeout_s))]
 
-    def receive_weights(self, policy_version: Optional[int] = None, digest: bool = False) -> list[dict]:
+    def receive_weights(self, policy_version: Optional[int] = None, digest: bool = False) -> list[WorkerSyncReport]:
         """Take one broadcast into every worker (each reloads the buckets as they arrive), then
         drop the caches computed with the old weights. Returns each worker's report
         (`WeightReloadExtension.rlsys_receive_weights`); every worker must end at one version."""
         reports = self.llm.collective_rpc("rlsys_receive_weights", args=(digest,))
-        versions = {r["version"] for r in reports}
+        versions = {r.version for r in reports}
         if len(versions) != 1:
             raise RuntimeError(f"weight sync: the workers of one engine hold versions {sorted(versions)}")
         self._staged = []

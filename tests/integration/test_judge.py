@@ -93,7 +93,7 @@ def test_actor_scores_like_its_model_and_logs_calls(actor, prompts):
     assert [g.prompt for g in groups] == prompts[11:13] and groups[0].prompt is prompts[11]
     log = actor.call_log()
     assert len(log) == n + 1 and log[-1][0] <= log[-1][1]
-    assert actor.peak_memory_mb()["host_mb"] > 0
+    assert actor.peak_memory_mb().host_mb > 0
 
 
 def test_too_long_judge_prompt_fails_only_its_sample(judge, prompts):

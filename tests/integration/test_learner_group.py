@@ -283,9 +283,9 @@ def test_weight_sync_zero3(ray_local, tiny_model_dir):
     stats = on_all(ray, group, "sync_weights", (3,), (3,))[0]
     digest, version, names, rx_s = ray.get(fut)
     learner_digest = on_all(ray, group, "params_digest")[0]
-    print(f"\nsync: {stats['bytes'] / 2**20:.2f} MiB in {stats['buckets']} buckets, "
-          f"sender {stats['seconds']:.3f} s, receiver {rx_s:.3f} s")
-    assert digest == learner_digest and version == 3 and stats["tensors"] == len(names)
+    print(f"\nsync: {stats.bytes / 2**20:.2f} MiB in {stats.buckets} buckets, "
+          f"sender {stats.seconds:.3f} s, receiver {rx_s:.3f} s")
+    assert digest == learner_digest and version == 3 and stats.tensors == len(names)
     with safe_open(os.path.join(str(tiny_model_dir), "model.safetensors"), "pt") as f:
         ckpt_names = set(f.keys())
     assert set(names) == ckpt_names  # HF checkpoint names: what vLLM's loader expects
@@ -321,5 +321,5 @@ def test_actor_torch_threads_follow_its_cpus_not_a_stale_omp_setting(ray_local, 
     ray.kill(stale_2)
     ray.kill(stale_1)
     (learner,) = start_group(ray, str(tiny_model_dir), 1)  # num_cpus=1, as start_dp_group gives
-    assert ray.get(learner.ready.remote())["torch_threads"] == 1
+    assert ray.get(learner.ready.remote()).torch_threads == 1
     ray.kill(learner)
