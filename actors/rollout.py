@@ -9,9 +9,11 @@ from rlsys.specs import EngineSpec, SamplingSpec, generate_kwargs
 
 class RolloutActor:
     def __init__(self, spec: EngineSpec):
+        from rlsys.distributed.runtime import actor_cpu_share
         from rlsys.models.engine import VLLMEngine
 
-        self.engine = VLLMEngine.from_spec(spec)
+        cpus, slot = actor_cpu_share()
+        self.engine = VLLMEngine.from_spec(spec, cpus=cpus, cpu_slot=slot)
         self.version = 0
         self._receiver = None
         self.prompts_generated = 0  # every generate call's prompts, evaluation included

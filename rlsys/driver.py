@@ -308,11 +308,9 @@ class Driver:
         """A checkpoint of the last completed step after a role failed for good: a step that
         failed before its update is undone (its draw is drawn again by a resumed run), and what
         was in flight is dropped."""
-        import ray
-
         step, version, sampler, replay = self._completed
         try:
-            updated = ray.get(self.roles.learner.actors[0].policy_version.remote()) > version
+            updated = self.roles.learner.policy_version() > version
         except Exception:  # the learner is gone too: the periodic checkpoints are what is left
             return checkpoint.latest(self.run_dir)
         if not updated:

@@ -238,34 +238,6 @@ def cpu_thread_binding(tensor_parallel_size: int, cores: Optional[Sequence[int]]
     return "|".join(",".join(str(c) for c in window[r * per:(r + 1) * per]) for r in range(tp))
 
 
-def actor_cpu_share() -> tuple[Optional[float], int]:
-    """(CPUs Ray assigned to this actor, its bundle index in its placement group) from Ray's
-    runtime context; (None, 0) outside Ray, 0 for the index when Ray does not say."""
-    import re
-
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None, 0
-        ctx = ray.get_runtime_context()
-        cpus = ctx.get_assigned_resources().get("CPU")
-    except Exception:
-        return None, 0
-    slot = 0
-    try:
-        # The public map drops the placement-group form of the names; the raw one keeps
-        # CPU_group_<bundle index>_<group id> for an actor in a bundle.
-        for key in ctx.worker.core_worker.resource_ids():
-            m = re.fullmatch(r"CPU_group_(\d+)_[0-9a-f]+", key)
-            if m:
-                slot = int(m.group(1))
-                break
-    except Exception:
-        pass
-    return cpus, slot
-
-
 _EXTENSION = f"{__name__}.WeightReloadExtension"
 
 
@@ -327,7 +299,8 @@ class VLLMEngine:
                  max_images_per_prompt: int = 4, logprobs_mode: str = "processed_logprobs",
                  worker_extension_cls: str = _EXTENSION, trust_remote_code: bool = False,
                  distributed_executor_backend: str = "auto", cpu_binding: Optional[str] = None,
-                 ray_bundle_indices: Optional[Sequence[int]] = None, **llm_kwargs: Any):
+                 ray_bundle_indices: Optional[Sequence[int]] = None, cpus: Optional[float] = None,
+                 cpu_slot: int = 0, **llm_kwargs: Any):
         """
         logprobs_mode: "processed_logprobs" (default) returns log-probs of the distribution
             actually sampled from — after temperature, and after top-k/top-p truncation when
@@ -336,8 +309,10 @@ class VLLMEngine:
         distributed_executor_backend: "auto" (uni for TP 1, mp for TP > 1), "uni", "mp" or "ray"
             (module docstring).
         cpu_binding: VLLM_CPU_OMP_THREADS_BIND for an "mp" engine on CPU (default: from
-            `cpu_thread_binding` with this actor's CPUs and bundle index; a value the
-            environment already holds with one entry per worker wins).
+            `cpu_thread_binding` with `cpus` and `cpu_slot`; a value the environment already holds
+            with one entry per worker wins).
+        cpus, cpu_slot: the CPUs the engine's actor was given and its bundle index in its placement
+            group (rlsys/distributed/runtime.py actor_cpu_share); None, 0 outside Ray.
         ray_bundle_indices: "ray" executor: the bundles of the actor's placement group the TP
             workers take (VLLM_RAY_BUNDLE_INDICES); default 0..TP-1.
         llm_kwargs: passed to vllm.LLM unchanged (e.g. enable_prefix_caching, max_num_seqs).
@@ -378,8 +353,7 @@ class VLLMEngine:
             if self.executor == "mp":
                 given = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
                 if cpu_binding is None and (given in ("auto", "") or len(given.split("|")) != tp):
-                    cpus, slot = actor_cpu_share()
-                    cpu_binding = cpu_thread_binding(tp, cpus=cpus, slot=slot)
+                    cpu_binding = cpu_thread_binding(tp, cpus=cpus, slot=cpu_slot)
                 if cpu_binding is not None:
                     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding
             elif self.executor == "ray":
@@ -411,14 +385,15 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ generation
     @classmethod
-    def from_spec(cls, spec) -> "VLLMEngine":
-        """The engine an `rlsys.specs.EngineSpec` describes."""
+    def from_spec(cls, spec, cpus: Optional[float] = None, cpu_slot: int = 0) -> "VLLMEngine":
+        """The engine an `rlsys.specs.EngineSpec` describes (cpus, cpu_slot: see __init__)."""
         extra = {"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs else {}
         return cls(spec.model_path, tensor_parallel_size=spec.tensor_parallel_size, dtype=spec.dtype,
                    max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization,
                    seed=spec.seed, kv_cache_space_gib=spec.kv_cache_space_gib, enforce_eager=spec.enforce_eager,
                    trust_remote_code=spec.trust_remote_code,
-                   distributed_executor_backend=spec.distributed_executor_backend, **extra)
+                   distributed_executor_backend=spec.distributed_executor_backend, cpus=cpus, cpu_slot=cpu_slot,
+                   **extra)
 
     def _engine_input(self, prompt: Prompt) -> dict:
         from rlsys.models.forward import render_prompt
