@@ -69,8 +69,7 @@ class LearnerActor:
         host = node_ip()
         return host, free_port(host)
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str = "gloo",
-                         bucket_mb: float = 64.0) -> None:
+    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str, bucket_mb: float) -> None:
         """Rank 0 opens the sender; blocks until all receivers joined, so the driver starts
         this and every receiver's init concurrently."""
         if self.rank == 0:
@@ -87,19 +86,7 @@ class LearnerActor:
             return None
         return self.sender.send(named, version)
 
-    def weight_buckets(self, bucket_mb: float = 64.0) -> list:
-        """Object-store path: rank 0 returns [[(name, tensor), ...], ...]; others [] (they only
-        take part in the ZeRO-3 gathers and copy nothing to CPU)."""
-        from rlsys.distributed.weight_sync import bucketize
-
-        named = self.learner.named_parameters_for_sync()
-        if self.rank != 0:
-            for _ in named:
-                pass
-            return []
-        return [[(n, t.detach().cpu().clone()) for n, t in b] for b in bucketize(named, bucket_mb)]
-
-    def weight_bucket_refs(self, bucket_mb: float = 64.0) -> list:
+    def weight_bucket_refs(self, bucket_mb: float) -> list:
         """Lean object-store path: rank 0 copies one bucket (whole fused layers) at a time to CPU
         and `ray.put`s it once; returns the buckets' ObjectRefs (others: []). The caller hands the
         refs to the engines, which pull each bucket themselves: no process but this one and each

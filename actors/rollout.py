@@ -70,13 +70,6 @@ class RolloutActor:
         """Each worker's parameter sum (changes when its weights change)."""
         return self.engine.weight_checksums()
 
-    def load_weights(self, named_tensors: list, version: int) -> int:
-        """Object-store path of `receive_weights` (one bucket per call; version set on the last).
-        Staged until the model is complete, then reloaded (any bucketing works)."""
-        self.engine.update_weights(iter(named_tensors))
-        self.version = version
-        return self.version
-
     def load_bucket(self, named_tensors: list, version: int, last: bool) -> int:
         """Lean object-store path: one bucket of whole fused layers (`bucketize`), pulled by this
         actor from the object store (the caller passes its ObjectRef) and loaded into every worker
@@ -113,7 +106,7 @@ class RolloutActor:
 
     def reset_peak_memory(self) -> None:
         """Resets the peak RSS (Linux VmHWM) of this process and of every worker (bench)."""
-        from rlsys.models.engine import _reset_peak_rss
+        from rlsys.models.worker_extension import reset_peak_rss
 
-        _reset_peak_rss()
+        reset_peak_rss()
         self.engine.collective_rpc("rlsys_reset_peak_memory")

@@ -254,8 +254,8 @@ class WeightSyncSender:
     world_size: 1 + number of receivers.
     """
 
-    def __init__(self, host: str, port: int, world_size: int, *, backend: str = "gloo",
-                 bucket_mb: float = 64.0, timeout_s: float = 600.0):
+    def __init__(self, host: str, port: int, world_size: int, *, bucket_mb: float, backend: str = "gloo",
+                 timeout_s: float = 600.0):
         self.bucket_mb = bucket_mb
         self.world_size = world_size
         self.pg, self.device = _open_group(host, port, world_size, 0, backend, timeout_s)

@@ -106,7 +106,7 @@ class LearnerRank:
     def init_sender(self, host: str, port: int, world: int) -> None:
         from rlsys.distributed.weight_sync import WeightSyncSender
 
-        self.sender = WeightSyncSender(host, port, world, backend="gloo", timeout_s=60)
+        self.sender = WeightSyncSender(host, port, world, backend="gloo", bucket_mb=64.0, timeout_s=60)
 
     def send(self, version: int) -> int:
         import torch

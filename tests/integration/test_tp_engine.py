@@ -104,9 +104,12 @@ def test_object_store_path_pulls_by_reference(run, tiny_model_dir, monkeypatch):
     synced = ray.get(engine.weight_checksums.remote())  # the learner's weights (previous test)
 
     def back_to_disk(self):
+        from rlsys.distributed.weight_sync import bucketize
         from rlsys.models.loading import load_policy
 
-        self.engine.update_weights(load_policy(str(tiny_model_dir), dtype="float32").named_parameters())
+        named = load_policy(str(tiny_model_dir), dtype="float32").named_parameters()
+        for bucket in bucketize([(n, p.detach()) for n, p in named], 1.0):
+            self.engine.load_bucket(bucket)
 
     ray.get(engine.__ray_call__.remote(back_to_disk))
     assert ray.get(engine.weight_checksums.remote()) != synced

@@ -35,7 +35,7 @@ def actor_classes() -> list[type]:
 
 
 def boundary_classes() -> list[type]:
-    from rlsys.models.engine import WeightReloadExtension
+    from rlsys.models.worker_extension import WeightReloadExtension
 
     return actor_classes() + [WeightReloadExtension]
 
