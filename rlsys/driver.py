@@ -368,8 +368,8 @@ def _throughput(fill: BatchFill, times: dict[str, float]) -> dict[str, float]:
     trained = [r for sg in fill.batch for r in sg.group.rollouts]
     return {"throughput/samples_per_s": len(trained) / times["time/step"],
             "throughput/tokens_per_s": sum(len(r.response_token_ids) for r in trained) / times["time/step"],
-            # Engine tokens only (replayed groups were not generated); 0 when nothing was.
-            "throughput/gen_tokens_per_s": fill.stats.generated_tokens / max(times.get("time/generate", 0.0), 1e-9)}
+            # Engine tokens over the engines' generation time (replayed groups were not generated).
+            "throughput/gen_tokens_per_s": fill.stats.gen_tokens_per_s}
 
 
 def _reward_metrics(scored: list[ScoredGroup]) -> dict[str, float]:

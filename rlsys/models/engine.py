@@ -114,9 +114,13 @@ class VLLMEngine:
                         stop_token_ids: Optional[Sequence[int]] = None) -> Iterator[RolloutGroup]:
         """Yield one RolloutGroup per prompt as soon as all its n samples finish (completion
         order, not prompt order). `seed` (one for every prompt, or one per prompt) makes sampling
-        reproducible per request: vLLM seeds sample j of a request with seed + j."""
+        reproducible per request: vLLM seeds sample j of a request with seed + j.
+
+        Each group's `generation_s` is this call's time so far, less the time it sat paused at a
+        yield (a streaming consumer's backpressure): the engine's own generation time."""
         if not prompts:
             return
+        started, paused = time.perf_counter(), 0.0
         version = self.policy_version if policy_version is None else int(policy_version)
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
         params = [self._sampling_params(n, temperature, top_p, max_tokens, top_k, s, stop_token_ids)
@@ -142,7 +146,11 @@ class VLLMEngine:
                     if idx is None:  # not ours (someone else's request): ignore
                         continue
                     self.last_index = idx
-                    yield self._to_group(prompts[idx], out, version)
+                    group = self._to_group(prompts[idx], out, version)
+                    now = time.perf_counter()
+                    group.generation_s = now - started - paused
+                    yield group
+                    paused += time.perf_counter() - now
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_tokens: int = 256, policy_version: Optional[int] = None,

@@ -201,3 +201,25 @@ def test_seeded_prompts_sample_the_same_alone_or_in_a_large_batch(engine):
     # Different seeds do sample differently (the check above is not vacuous).
     other = engine.generate([prompts[3]], n=4, temperature=0.7, max_tokens=12, seed=[1])
     assert [r.response_token_ids for r in other[0].rollouts] != [r.response_token_ids for r in full[3].rollouts]
+
+
+def test_generation_time_is_the_engines_not_the_consumers(engine):
+    """Each group carries the engine's generation time of its call so far; time the stream sits
+    paused at a yield (a slow consumer, Ray's backpressure) is not in it. The consumer here
+    sleeps after every group but the last, so the last group's time is at most the call's wall
+    time less those sleeps, whatever the machine's speed."""
+    import time
+
+    prompts = _prompts()
+    t0 = time.perf_counter()
+    groups, slept = [], 0.0
+    for group in engine.generate_stream(prompts, n=2, temperature=1.0, max_tokens=16, seed=4):
+        groups.append(group)
+        if len(groups) < len(prompts):
+            time.sleep(0.3)
+            slept += 0.3
+    wall = time.perf_counter() - t0
+    times = [g.generation_s for g in groups]
+    assert len(groups) == len(prompts) and times[0] > 0
+    assert times == sorted(times)  # one call's clock, read at each group's completion
+    assert times[-1] <= wall - slept
