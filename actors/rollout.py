@@ -98,11 +98,11 @@ class RolloutActor:
     def workers_memory_mb(self) -> list[WorkerMemory]:
         """Each vLLM worker's memory: peak (lifetime), current RSS, rank. At TP 1 the worker is
         this process."""
-        return self.engine.collective_rpc("rlsys_peak_memory_mb")
+        return self.engine.workers_memory()
 
     def workers_info(self) -> list[WorkerInfo]:
         """Each vLLM worker's pid, rank, cores and device (rlsys_worker_info)."""
-        return self.engine.collective_rpc("rlsys_worker_info")
+        return self.engine.workers_info()
 
     def reset_peak_memory(self) -> None:
         """Resets the peak RSS (Linux VmHWM) of this process and of every worker (bench)."""

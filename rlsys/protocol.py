@@ -290,13 +290,15 @@ class PeakMemory:
 
 @dataclass(frozen=True)
 class WorkerMemory:
-    """One vLLM worker's memory: its lifetime peak, its RSS now, and its peak RSS since the
-    last reset (VmHWM; rlsys_reset_peak_memory), MiB."""
+    """One vLLM worker's memory, MiB: its lifetime peak (host_mb, gpu_mb as in PeakMemory), its
+    RSS now, and its peak RSS since the last reset (VmHWM; rlsys_reset_peak_memory). Flat: it
+    crosses vLLM's worker message queue, which sends records as plain maps."""
 
     rank: int
-    peak: PeakMemory
+    host_mb: float
     rss_mb: float
     hwm_mb: float
+    gpu_mb: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import time
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from rlsys.models.executor import configure_platform, prepare_executor, write_handoff
-from rlsys.models.worker_extension import EXTENSION
-from rlsys.protocol import Prompt, Rollout, RolloutGroup, WorkerSyncReport
+from rlsys.models.worker_extension import EXTENSION, as_records
+from rlsys.protocol import Prompt, Rollout, RolloutGroup, WorkerInfo, WorkerMemory, WorkerSyncReport
 
 
 class VLLMEngine:
@@ -251,13 +251,21 @@ class VLLMEngine:
         """Take one broadcast into every worker (each reloads the buckets as they arrive), then
         drop the caches computed with the old weights. Returns each worker's report
         (`WeightReloadExtension.rlsys_receive_weights`); every worker must end at one version."""
-        reports = self.llm.collective_rpc("rlsys_receive_weights", args=(digest,))
+        reports = as_records(WorkerSyncReport, self.llm.collective_rpc("rlsys_receive_weights", args=(digest,)))
         versions = {r.version for r in reports}
         if len(versions) != 1:
             raise RuntimeError(f"weight sync: the workers of one engine hold versions {sorted(versions)}")
         self._invalidate_caches()
         self.policy_version = int(versions.pop()) if policy_version is None else int(policy_version)
         return list(reports)
+
+    def workers_memory(self) -> list[WorkerMemory]:
+        """Each worker's memory (`rlsys_peak_memory_mb`), in worker rank order."""
+        return as_records(WorkerMemory, self.llm.collective_rpc("rlsys_peak_memory_mb"))
+
+    def workers_info(self) -> list[WorkerInfo]:
+        """Where each worker runs (`rlsys_worker_info`), in worker rank order."""
+        return as_records(WorkerInfo, self.llm.collective_rpc("rlsys_worker_info"))
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: Optional[dict] = None):
         """Call a named method of the worker extension on every worker."""

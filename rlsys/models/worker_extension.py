@@ -110,7 +110,9 @@ class WeightReloadExtension:
         rlsys_reset_peak_memory."""
         from rlsys.memory import peak_memory_mb
 
-        return WorkerMemory(rank=int(self.rank), peak=peak_memory_mb(), rss_mb=rss_mb(), hwm_mb=peakrss_mb())
+        peak = peak_memory_mb()
+        return WorkerMemory(rank=int(self.rank), host_mb=peak.host_mb, rss_mb=rss_mb(), hwm_mb=peak_rss_mb(),
+                            gpu_mb=peak.gpu_mb)
 
     def rlsys_reset_peak_memory(self) -> None:
         reset_peak_rss()
@@ -152,10 +154,18 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peakrss_mb() -> float:
+def peak_rss_mb() -> float:
     """Peak RSS since the last `reset_peak_rss` (VmHWM), MiB."""
     return _status_mb("VmHWM")
 
+
+
+def as_records(cls, replies: list) -> list:
+    """Workers' replies as the records they returned: vLLM's message queue to worker processes
+    ("mp" executor) sends a dataclass as a map of its fields (and tuples as lists); in-process
+    workers' replies are the records themselves."""
+    return [r if isinstance(r, cls) else cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
+            for r in replies]
 
 
 EXTENSION = f"{__name__}.WeightReloadExtension"

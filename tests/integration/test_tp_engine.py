@@ -88,7 +88,7 @@ def test_grpo_step_then_sync_into_every_worker(run, task_data):
     assert all(r.digest == digest and r.version == version for r in reports), (digest, reports)
     # Buckets of <= 0.25 MiB (whole fused layers) were loaded as they came: no worker held more
     # than the largest bucket, far less than the model.
-    total_mb = reports[0]["bytes"] / 2**20
+    total_mb = reports[0].bytes / 2**20
     assert all(r.peak_buffer_mb < total_mb / 2 for r in reports), (total_mb, reports)
     assert ray.get(engine.policy_version.remote()) == version
 

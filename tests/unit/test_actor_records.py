@@ -109,3 +109,25 @@ def test_the_check_catches_each_form_of_dict():
     found = violations(Leaky)
     named = sorted({v.split(":")[0].rsplit(".", 1)[1] for v in found})
     assert named == ["converted", "declared", "literal", "silent"], found
+
+
+def test_worker_replies_are_records_in_process_and_after_vllms_message_queue():
+    """The worker extension's replies are records; behind the "mp" executor vLLM's message queue
+    delivers them as maps of their fields (tuples as lists), and the engine rebuilds them."""
+    import dataclasses
+    import os
+    import types
+
+    from rlsys.models.worker_extension import WeightReloadExtension, as_records
+    from rlsys.protocol import WorkerInfo, WorkerMemory
+
+    worker = types.SimpleNamespace(rank=1)  # what the methods read of a vLLM worker
+    memory = WeightReloadExtension.rlsys_peak_memory_mb(worker)
+    info = WeightReloadExtension.rlsys_worker_info(worker)
+    assert isinstance(memory, WorkerMemory) and memory.rank == 1
+    assert memory.host_mb > 0 and memory.rss_mb > 0 and memory.hwm_mb >= memory.rss_mb
+    assert isinstance(info, WorkerInfo) and (info.pid, info.rank) == (os.getpid(), 1)
+    assert info.cores == tuple(sorted(os.sched_getaffinity(0)))
+    as_maps = [{**dataclasses.asdict(info), "cores": list(info.cores)}, dataclasses.asdict(memory)]
+    assert as_records(WorkerInfo, [as_maps[0], info]) == [info, info]
+    assert as_records(WorkerMemory, [as_maps[1]]) == [memory]
