@@ -136,8 +136,8 @@ def test_the_checks_catch_a_function_level_upward_import_and_a_cycle(tmp_path):
 
 RAY_PACKAGE = "rlsys/distributed/"
 # Files of rlsys/ that call actors (`.remote(`). The rest of rlsys/distributed/ waits on what
-# these started (ray.get / ray.wait in pending.py and streaming.py) or puts objects (media_store.py,
-# placement.py), but starts no remote call.
+# these started (ray.get / ray.wait in pending.py and streaming.py), puts objects (media_store.py)
+# or reserves placement groups (placement.py), but starts no remote call.
 REMOTE_CALLERS = ("rlsys/distributed/roles.py", "rlsys/distributed/clients.py")
 # Ray internals reached through objects rather than through the `ray` name (an actor handle's
 # id, the runtime context's worker).
