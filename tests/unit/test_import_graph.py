@@ -99,6 +99,13 @@ def cycle_messages(graph: dict[str, set[str]], files: dict[str, Path], root: Pat
     return out
 
 
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    """Files (relative path -> text) under `root`: a stand-in project for the checks to fail on."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def test_layers_import_downward_only():
     graph, files = import_graph(ROOT)
     assert len(graph) > 50  # the walk found the project
@@ -113,16 +120,14 @@ def test_no_import_cycles():
 def test_the_checks_catch_a_function_level_upward_import_and_a_cycle(tmp_path):
     """The checks fail on what they guard against: `import actors` inside a function of rlsys/,
     and two rlsys modules importing each other."""
-    for rel, text in {
+    write_tree(tmp_path, {
         "rlsys/__init__.py": "",
         "rlsys/a.py": "def f():\n    import actors.rollout\n    from rlsys import b\n",
         "rlsys/b.py": "from rlsys.a import f\n",
         "actors/__init__.py": "",
         "actors/rollout.py": "import rlsys.a\n",
         "launch/__init__.py": "",
-    }.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    })
     graph, files = import_graph(tmp_path)
     assert upward_imports(graph, files, tmp_path) == ["rlsys/a.py imports actors/rollout.py (a higher layer)"]
     assert cycles(graph) == [["actors.rollout", "rlsys.a", "rlsys.b"]]
@@ -199,7 +204,7 @@ def test_ray_only_where_it_belongs():
 
 def test_the_ray_checks_catch_each_violation(tmp_path):
     """Each rule fails on what it guards against, naming the file and line."""
-    for rel, text in {
+    write_tree(tmp_path, {
         "rlsys/driver.py": "def f(roles):\n    import ray\n    return ray.get(roles.a.remote())\n",
         "rlsys/models/engine.py": "def g(ctx):\n    return ctx.worker.core_worker.resource_ids()\n",
         "rlsys/distributed/recovery.py": "def h(actor):\n    import ray\n    return actor._actor_id, ray._private\n",
@@ -207,9 +212,7 @@ def test_the_ray_checks_catch_each_violation(tmp_path):
         "rlsys/distributed/roles.py": "def m(a):\n    return a.f.remote()\n",
         "actors/learner.py": "import ray\nfrom ray._private import state\n\ndef n():\n    return ray._private.worker\n",
         "actors/rollout.py": "def p():\n    import ray\n    return ray.get_runtime_context().get_node_id()\n",
-    }.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    })
     assert ray_violations(tmp_path) == [
         "actors/learner.py:1: imports ray at module level",
         "actors/learner.py:2: imports Ray's private ray._private",
