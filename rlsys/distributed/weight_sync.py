@@ -5,7 +5,7 @@ touches the default process group that DeepSpeed (learner) or vLLM (engine) init
 the same process. Rank 0 is the sender (learner rank 0); ranks 1..W-1 are receivers: every vLLM worker of every
 rollout engine (engine e's TP worker t is rank 1 + sum of the TP sizes of engines before e + t,
 so W = 1 + sum of TP sizes). Each worker joins from inside vLLM, through the worker extension
-(rlsys/models/engine.py), and reloads each bucket as it arrives. Every transfer is versioned; a
+(rlsys/models/worker_extension.py), and reloads each bucket as it arrives. Every transfer is versioned; a
 receiver reports the version it holds.
 
 Wire format of one transfer, all by `broadcast` from rank 0:
@@ -286,7 +286,7 @@ class WeightSyncSender:
 
 class WeightSyncReceiver:
     """A member (rank >= 1) of the weight-sync group: a vLLM worker (through the worker extension,
-    rlsys/models/engine.py) or any process that takes the learner's weights.
+    rlsys/models/worker_extension.py) or any process that takes the learner's weights.
 
     `version` is -1 until a transfer completes, then the version of the weights received.
     `last_bytes` / `peak_buffer_bytes`: payload bytes of the last transfer, and the most payload

@@ -185,7 +185,7 @@ def test_seeded_prompts_sample_the_same_alone_or_in_a_large_batch(engine):
     """What re-issuing a dead engine's prompts and exact resume rest on: a prompt with its seed
     samples the same tokens whatever else the engine decodes with it. 48 prompts of ~100 tokens
     exceed one scheduler step's token budget (4096), which with chunked prefill crashed seeded
-    sampling on CPU (vLLM 0.32; rlsys/models/engine.py turns chunked prefill off there)."""
+    sampling on CPU (vLLM 0.32; rlsys/models/executor.py turns chunked prefill off there)."""
     from rlsys.protocol import Prompt
 
     prompts = [Prompt(f"s:{i}", [{"role": "user", "content": "count the colours " * (30 + i % 7) + str(i)}])

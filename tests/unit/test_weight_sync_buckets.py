@@ -1,5 +1,5 @@
 """Weight-sync buckets hold whole vLLM fused layers; TP engines get their executor and cores
-(rlsys/distributed/weight_sync.py, rlsys/models/engine.py; no Ray, no vLLM)."""
+(rlsys/distributed/weight_sync.py, rlsys/models/executor.py; no Ray, no vLLM)."""
 from __future__ import annotations
 
 import pytest
