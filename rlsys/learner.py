@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from rlsys.algorithms.kl import KL_ESTIMATORS
 from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLossParams, truncated_is_weights
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, hf_checkpoint_names
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, StepMetrics, hf_checkpoint_names
 from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
 from rlsys.sft import SFTMetrics, SFTMicroSums, sft_nll_loss
@@ -42,7 +42,7 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
 
 
 @dataclass
-class LearnerMetrics:
+class LearnerMetrics(StepMetrics):
     """One `train_step`, identical on every rank (all values are global, all-reduced).
 
     Loss-like values are means over the step's optimizer steps of the full-batch value.
@@ -56,8 +56,6 @@ class LearnerMetrics:
     entropy: float = 0.0
     clip_frac: float = 0.0
     approx_kl: float = 0.0
-    grad_norm: float = 0.0
-    lr: float = 0.0
     is_weight_clip_frac: float = 0.0
     mismatch_abs_mean: float = 0.0
     mismatch_abs_max: float = 0.0
@@ -65,12 +63,6 @@ class LearnerMetrics:
     tokens: float = 0.0
     samples: float = 0.0
     optimizer_steps: float = 0.0
-    skipped: float = 0.0
-    time_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass
