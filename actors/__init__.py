@@ -21,7 +21,7 @@ def set_torch_threads() -> int:
     in its last bits, in CI; not reproduced)."""
     import torch
 
-    from rlsys.models.engine import actor_cpu_share
+    from rlsys.distributed.runtime import actor_cpu_share
 
     cpus, _ = actor_cpu_share()
     if cpus is not None:

@@ -4,8 +4,14 @@ Same conventions as LearnerActor: model-running methods are collectives under Ze
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from actors import init_torch_distributed, set_torch_threads
+from rlsys.protocol import TrainerInfo
 from rlsys.specs import CriticSpec, DistRank
+
+if TYPE_CHECKING:
+    from rlsys.critic import CriticMetrics
 
 
 class CriticActor:
@@ -16,9 +22,9 @@ class CriticActor:
 
         self.critic = ValueLearner(spec, backend)
 
-    def ready(self) -> dict:
+    def ready(self) -> TrainerInfo:
         """Rank, world and the settings the critic applied (rlsys.deepspeed_base.applied_settings)."""
-        return self.critic.applied_settings()
+        return TrainerInfo(**self.critic.applied_settings())
 
     def compute_values(self, samples) -> list:
         """TrainSample-like records -> list of [R_i] float32 value tensors."""
@@ -26,7 +32,7 @@ class CriticActor:
 
         return self.critic.compute_values(resolve_samples(samples))
 
-    def train_step(self, batch):
+    def train_step(self, batch) -> CriticMetrics:
         """TrainBatch (this rank's shard, with `returns`) -> CriticMetrics."""
         from rlsys.distributed.media_store import resolve_samples
 

@@ -8,7 +8,9 @@ from rlsys.specs import JudgeSpec
 
 class JudgeActor(RewardModelActor):
     def __init__(self, spec: JudgeSpec):
+        from rlsys.distributed.runtime import actor_cpu_share
         from rlsys.rewards.judge_model import JudgeModel
 
         super().__init__()
-        self.model = JudgeModel(spec)
+        cpus, slot = actor_cpu_share()
+        self.model = JudgeModel(spec, cpus=cpus, cpu_slot=slot)

@@ -5,10 +5,15 @@ it on all ranks at once (each with its own shard) and gets the results together.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from actors import free_port, init_torch_distributed, node_id, node_ip, set_torch_threads
+from rlsys.protocol import SyncStats, TrainerInfo
 from rlsys.specs import DistRank, LearnerSpec
+
+if TYPE_CHECKING:
+    from rlsys.learner import LearnerMetrics
+    from rlsys.sft import SFTMetrics
 
 
 class LearnerActor:
@@ -21,22 +26,22 @@ class LearnerActor:
         self.learner = PolicyLearner(spec, backend)
         self.sender = None
 
-    def ready(self) -> dict:
+    def ready(self) -> TrainerInfo:
         """Rank, world, node, torch threads and the settings the learner applied (applied_settings)."""
-        return {**self.learner.applied_settings(), "node_id": node_id(), "torch_threads": self.torch_threads}
+        return TrainerInfo(**self.learner.applied_settings(), node_id=node_id(), torch_threads=self.torch_threads)
 
     def policy_version(self) -> int:
         """Version of the weights this rank holds: one per train_step, as the driver counts syncs."""
         return self.learner.train_steps
 
-    def train_step(self, batch):
+    def train_step(self, batch) -> LearnerMetrics:
         """TrainBatch (this rank's shard) -> LearnerMetrics (same on all ranks)."""
         from rlsys.distributed.media_store import resolve_samples
 
         resolve_samples(batch.samples)  # ref-form images -> bytes (cached per process)
         return self.learner.train_step(batch)
 
-    def sft_step(self, batch):
+    def sft_step(self, batch) -> SFTMetrics:
         """TrainBatch of demonstrations (this rank's shard) -> SFTMetrics (same on all ranks)."""
         from rlsys.distributed.media_store import resolve_samples
 
@@ -64,8 +69,7 @@ class LearnerActor:
         host = node_ip()
         return host, free_port(host)
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str = "gloo",
-                         bucket_mb: float = 64.0) -> None:
+    def init_weight_sync(self, host: str, port: int, world_size: int, backend: str, bucket_mb: float) -> None:
         """Rank 0 opens the sender; blocks until all receivers joined, so the driver starts
         this and every receiver's init concurrently."""
         if self.rank == 0:
@@ -73,28 +77,16 @@ class LearnerActor:
 
             self.sender = WeightSyncSender(host, port, world_size, backend=backend, bucket_mb=bucket_mb)
 
-    def sync_weights(self, version: int) -> Optional[dict]:
+    def sync_weights(self, version: int) -> Optional[SyncStats]:
         """Broadcast the current weights as `version` (all ranks call; rank 0 returns stats)."""
         named = self.learner.named_parameters_for_sync()
         if self.sender is None:
             for _ in named:  # take part in the gathers
                 pass
             return None
-        return vars(self.sender.send(named, version))
+        return self.sender.send(named, version)
 
-    def weight_buckets(self, bucket_mb: float = 64.0) -> list:
-        """Object-store path: rank 0 returns [[(name, tensor), ...], ...]; others [] (they only
-        take part in the ZeRO-3 gathers and copy nothing to CPU)."""
-        from rlsys.distributed.weight_sync import bucketize
-
-        named = self.learner.named_parameters_for_sync()
-        if self.rank != 0:
-            for _ in named:
-                pass
-            return []
-        return [[(n, t.detach().cpu().clone()) for n, t in b] for b in bucketize(named, bucket_mb)]
-
-    def weight_bucket_refs(self, bucket_mb: float = 64.0) -> list:
+    def weight_bucket_refs(self, bucket_mb: float) -> list:
         """Lean object-store path: rank 0 copies one bucket (whole fused layers) at a time to CPU
         and `ray.put`s it once; returns the buckets' ObjectRefs (others: []). The caller hands the
         refs to the engines, which pull each bucket themselves: no process but this one and each

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from rlsys.protocol import RewardResult, RolloutGroup
+from rlsys.protocol import PeakMemory, RewardResult, RolloutGroup
 from rlsys.specs import RewardSpec
 
 
@@ -33,7 +33,7 @@ class RewardActor:
         """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""
         return list(self.calls)
 
-    def peak_memory_mb(self) -> dict[str, float]:
+    def peak_memory_mb(self) -> PeakMemory:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()

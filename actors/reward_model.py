@@ -7,7 +7,7 @@ import time
 from collections import deque
 
 from actors import set_torch_threads
-from rlsys.protocol import ModelScores, RolloutGroup
+from rlsys.protocol import ModelScores, PeakMemory, RolloutGroup
 from rlsys.specs import ScalarRMSpec
 
 
@@ -35,7 +35,7 @@ class RewardModelActor:
         """When recent `score` calls ran (time.time() start, end): shows scoring overlapping generation."""
         return list(self.calls)
 
-    def peak_memory_mb(self) -> dict[str, float]:
+    def peak_memory_mb(self) -> PeakMemory:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()

@@ -6,8 +6,16 @@ on all ranks at once (each with its own shard of pairs) and gets the results tog
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from actors import init_torch_distributed, node_id, set_torch_threads
+from rlsys.protocol import TrainerInfo
 from rlsys.specs import DistRank, RMTrainerSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from rlsys.reward_training import RMMetrics
 
 
 def _resolve(pairs: list) -> list:
@@ -27,15 +35,15 @@ class RMLearnerActor:
         self.rank = dist.rank
         self.trainer = RewardModelTrainer(spec.trainer, backend)
 
-    def ready(self) -> dict:
+    def ready(self) -> TrainerInfo:
         """Rank, world, node and the settings the trainer applied (applied_settings)."""
-        return {**self.trainer.applied_settings(), "node_id": node_id()}
+        return TrainerInfo(**self.trainer.applied_settings(), node_id=node_id())
 
-    def bt_step(self, pairs: list):
+    def bt_step(self, pairs: list) -> RMMetrics:
         """This rank's EncodedPairs of one step -> RMMetrics (the same on all ranks)."""
         return self.trainer.bt_step(_resolve(pairs))
 
-    def pair_scores(self, pairs: list):
+    def pair_scores(self, pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's EncodedPairs -> (chosen [N], rejected [N]) CPU score tensors."""
         return self.trainer.pair_scores(_resolve(pairs))
 

@@ -1,15 +1,19 @@
 """Rollout actor: one vLLM engine, one method per remote call. Knows nothing of the loop."""
 from __future__ import annotations
 
-from rlsys.protocol import Prompt, RolloutGroup
+from typing import Iterator
+
+from rlsys.protocol import EngineInfo, PeakMemory, Prompt, RolloutGroup, WorkerInfo, WorkerMemory, WorkerSyncReport
 from rlsys.specs import EngineSpec, SamplingSpec, generate_kwargs
 
 
 class RolloutActor:
     def __init__(self, spec: EngineSpec):
+        from rlsys.distributed.runtime import actor_cpu_share
         from rlsys.models.engine import VLLMEngine
 
-        self.engine = VLLMEngine.from_spec(spec)
+        cpus, slot = actor_cpu_share()
+        self.engine = VLLMEngine.from_spec(spec, cpus=cpus, cpu_slot=slot)
         self.version = 0
         self._receiver = None
         self.prompts_generated = 0  # every generate call's prompts, evaluation included
@@ -26,7 +30,7 @@ class RolloutActor:
         self.prompts_generated += len(groups)
         return groups
 
-    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSpec):
+    def generate_stream(self, prompts: list[Prompt], sampling: SamplingSpec) -> Iterator[tuple[int, RolloutGroup]]:
         """Ray streaming generator: yields (index in `prompts`, RolloutGroup) as soon as each
         prompt's samples finish, in completion order (vLLM's continuous batching)."""
         from rlsys.distributed.media_store import resolve_prompts
@@ -57,7 +61,7 @@ class RolloutActor:
         self.version = self.engine.policy_version
         return self.version
 
-    def last_sync(self) -> list[dict]:
+    def last_sync(self) -> list[WorkerSyncReport]:
         """Each worker's report of the last `receive_weights`: rank, version, bytes, seconds,
         largest bucket held (MiB) and, with verify, the digest of what it received."""
         return list(getattr(self, "last_reports", []))
@@ -65,13 +69,6 @@ class RolloutActor:
     def weight_checksums(self) -> list[float]:
         """Each worker's parameter sum (changes when its weights change)."""
         return self.engine.weight_checksums()
-
-    def load_weights(self, named_tensors: list, version: int) -> int:
-        """Object-store path of `receive_weights` (one bucket per call; version set on the last).
-        Staged until the model is complete, then reloaded (any bucketing works)."""
-        self.engine.update_weights(iter(named_tensors))
-        self.version = version
-        return self.version
 
     def load_bucket(self, named_tensors: list, version: int, last: bool) -> int:
         """Lean object-store path: one bucket of whole fused layers (`bucketize`), pulled by this
@@ -86,31 +83,30 @@ class RolloutActor:
     def policy_version(self) -> int:
         return self.version
 
-    def engine_info(self) -> dict:
+    def engine_info(self) -> EngineInfo:
         """This engine as seen from inside: the node it runs on, the policy version it holds, and
         how many prompts it has generated so far (checks placement, weight sync and balancing)."""
         from actors import node_id
 
-        return {"node_id": node_id(), "policy_version": self.version,
-                "prompts_generated": self.prompts_generated}
+        return EngineInfo(node_id(), self.version, self.prompts_generated)
 
-    def peak_memory_mb(self) -> dict[str, float]:
+    def peak_memory_mb(self) -> PeakMemory:
         from rlsys.memory import peak_memory_mb
 
         return peak_memory_mb()
 
-    def workers_memory_mb(self) -> list[dict]:
+    def workers_memory_mb(self) -> list[WorkerMemory]:
         """Each vLLM worker's memory: peak (lifetime), current RSS, rank. At TP 1 the worker is
         this process."""
-        return self.engine.collective_rpc("rlsys_peak_memory_mb")
+        return self.engine.workers_memory()
 
-    def workers_info(self) -> list[dict]:
+    def workers_info(self) -> list[WorkerInfo]:
         """Each vLLM worker's pid, rank, cores and device (rlsys_worker_info)."""
-        return self.engine.collective_rpc("rlsys_worker_info")
+        return self.engine.workers_info()
 
     def reset_peak_memory(self) -> None:
         """Resets the peak RSS (Linux VmHWM) of this process and of every worker (bench)."""
-        from rlsys.models.engine import _reset_peak_rss
+        from rlsys.models.worker_extension import reset_peak_rss
 
-        _reset_peak_rss()
+        reset_peak_rss()
         self.engine.collective_rpc("rlsys_reset_peak_memory")

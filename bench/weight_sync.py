@@ -101,13 +101,13 @@ def run_tp(tp: int, syncs: int, bucket_mb: float, size: str, path: str = "collec
             t0 = time.perf_counter()
             if path == "collective":
                 stats, _ = ray.get([learner.sync_weights.remote(version), engine.receive_weights.remote()])
-                return time.perf_counter() - t0, stats
+                return time.perf_counter() - t0, (stats.bytes, stats.buckets, stats.seconds)
             # As RoleGroups._load_buckets does it: the driver only passes the refs along.
             refs = ray.get(learner.weight_bucket_refs.remote(bucket_mb))
             for k, ref in enumerate(refs):
                 ray.get(engine.load_bucket.remote(ref, version, k == len(refs) - 1))
             seconds = time.perf_counter() - t0
-            return seconds, {"bytes": weight_bytes, "buckets": len(refs), "seconds": None}
+            return seconds, (weight_bytes, len(refs), None)  # (bytes, buckets, sender seconds)
 
         sync(1)  # warm-up
         # Memory of one sync: each receiving process's peak RSS during it minus its RSS before.
@@ -123,10 +123,10 @@ def run_tp(tp: int, syncs: int, bucket_mb: float, size: str, path: str = "collec
         actor_after = ray.get(engine.__ray_call__.remote(_proc_mem))
         workers_after = ray.get(engine.workers_memory_mb.remote()) if new_api and tp > 1 else []
         times = [seconds] + [sync(v)[0] for v in range(3, 2 + syncs)]
-        weights_mb = stats["bytes"] / 2**20
-        row = {"path": path, "tp": tp, "size": size, "weights_mb": weights_mb, "buckets": stats["buckets"], "bucket_mb": bucket_mb,
+        weights_mb = stats[0] / 2**20
+        row = {"path": path, "tp": tp, "size": size, "weights_mb": weights_mb, "buckets": stats[1], "bucket_mb": bucket_mb,
                "syncs": len(times), "seconds_median": statistics.median(times), "seconds_min": min(times),
-               "sender_seconds": stats["seconds"],
+               "sender_seconds": stats[2],
                "actor_extra_mb": actor_after["hwm_mb"] - actor_before["rss_mb"]}
         row["actor_mb_per_weight_mb"] = row["actor_extra_mb"] / weights_mb
         # Shared pages (the object store's arena, /dev/shm) the actor mapped during the sync:
@@ -134,11 +134,11 @@ def run_tp(tp: int, syncs: int, bucket_mb: float, size: str, path: str = "collec
         row["actor_shmem_mb_per_weight_mb"] = (actor_after["shmem_mb"] - actor_before["shmem_mb"]) / weights_mb
         row["driver_mb_per_weight_mb"] = (driver_after["hwm_mb"] - driver_before["rss_mb"]) / weights_mb
         if workers_after:
-            extra = [a["hwm_mb"] - b["rss_mb"] for a, b in zip(workers_after, workers_before)]
+            extra = [a.hwm_mb - b.rss_mb for a, b in zip(workers_after, workers_before)]
             row["worker_extra_mb"] = extra
             row["worker_mb_per_weight_mb"] = [e / weights_mb for e in extra]
         if new_api and path == "collective":
-            row["worker_peak_buffer_mb"] = [r["peak_buffer_mb"] for r in ray.get(engine.last_sync.remote())]
+            row["worker_peak_buffer_mb"] = [r.peak_buffer_mb for r in ray.get(engine.last_sync.remote())]
         for a in (learner, engine):
             ray.kill(a)
         remove_placement_group(pg)

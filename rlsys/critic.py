@@ -10,21 +10,21 @@ hidden state the policy's logits for token j come from (the state before the act
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
 from rlsys.algorithms.losses import AggregationParams, value_loss
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, StepMetrics
 from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
 from rlsys.specs import CriticSpec
 
 
 @dataclass
-class CriticMetrics:
+class CriticMetrics(StepMetrics):
     """One critic `train_step`, global over ranks; losses are means over optimizer steps.
     value_clip_frac: tokens whose clipped branch was the larger loss.
     explained_var: 1 - Var(returns - values) / Var(returns), values before the update."""
@@ -34,17 +34,9 @@ class CriticMetrics:
     values_mean: float = 0.0
     returns_mean: float = 0.0
     explained_var: float = 0.0
-    grad_norm: float = 0.0
-    lr: float = 0.0
     tokens: float = 0.0
     samples: float = 0.0
     optimizer_steps: float = 0.0
-    skipped: float = 0.0
-    time_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 # A saved value model: a HF (VL)M checkpoint (the backbone) plus this file with its head.

@@ -5,13 +5,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 import torch
 
 from rlsys.algorithms.losses import LOSS_AGGREGATIONS
 from rlsys.specs import TrainerSpec
+
+
+@dataclass
+class StepMetrics:
+    """What every trainer's step reports besides its own losses (the learner's, the critic's, SFT's
+    and the RM trainer's metrics extend it), identical on every rank: gradient norm and learning
+    rate of the last optimizer step, optimizer steps skipped for a non-finite loss/gradient, the
+    step's seconds and this rank's peak memory (MiB)."""
+
+    grad_norm: float = 0.0
+    lr: float = 0.0
+    skipped: float = 0.0
+    time_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
 @dataclass

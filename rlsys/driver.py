@@ -317,11 +317,9 @@ class Driver:
         """A checkpoint of the last completed step after a role failed for good: a step that
         failed before its update is undone (its draw is drawn again by a resumed run), and what
         was in flight is dropped."""
-        import ray
-
         step, version, sampler, replay = self._completed
         try:
-            updated = ray.get(self.roles.learner.actors[0].policy_version.remote()) > version
+            updated = self.roles.learner.policy_version() > version
         except Exception:  # the learner is gone too: the periodic checkpoints are what is left
             return checkpoint.latest(self.run_dir)
         if not updated:
@@ -379,8 +377,8 @@ def _throughput(fill: BatchFill, times: dict[str, float]) -> dict[str, float]:
     trained = [r for sg in fill.batch for r in sg.group.rollouts]
     return {"throughput/samples_per_s": len(trained) / times["time/step"],
             "throughput/tokens_per_s": sum(len(r.response_token_ids) for r in trained) / times["time/step"],
-            # Engine tokens only (replayed groups were not generated); 0 when nothing was.
-            "throughput/gen_tokens_per_s": fill.stats.generated_tokens / max(times.get("time/generate", 0.0), 1e-9)}
+            # Engine tokens over the engines' generation time (replayed groups were not generated).
+            "throughput/gen_tokens_per_s": fill.stats.gen_tokens_per_s}
 
 
 def _reward_metrics(scored: list[ScoredGroup]) -> dict[str, float]:

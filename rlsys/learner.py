@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from rlsys.algorithms.kl import KL_ESTIMATORS
 from rlsys.algorithms.losses import POLICY_LOSSES, AggregationParams, PolicyLossParams
 from rlsys.algorithms.off_policy import OFF_POLICY_CORRECTIONS
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, hf_checkpoint_names
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, StepMetrics, hf_checkpoint_names
 from rlsys.models.forward import pad_rows
 from rlsys.protocol import TrainBatch, TrainSample
 from rlsys.sft import SFTMetrics, SFTMicroSums, sft_nll_loss
@@ -43,7 +43,7 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
 
 
 @dataclass
-class LearnerMetrics:
+class LearnerMetrics(StepMetrics):
     """One `train_step`, identical on every rank (all values are global, all-reduced).
 
     Loss-like values are means over the step's optimizer steps of the full-batch value.
@@ -62,8 +62,6 @@ class LearnerMetrics:
     entropy: float = 0.0
     clip_frac: float = 0.0
     approx_kl: float = 0.0
-    grad_norm: float = 0.0
-    lr: float = 0.0
     is_weight_clip_frac: float = 0.0
     is_masked_frac: float = 0.0
     is_ratio_low_frac: float = 0.0
@@ -76,12 +74,6 @@ class LearnerMetrics:
     tokens: float = 0.0
     samples: float = 0.0
     optimizer_steps: float = 0.0
-    skipped: float = 0.0
-    time_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass

@@ -4,11 +4,13 @@ from __future__ import annotations
 import resource
 import sys
 
+from rlsys.protocol import PeakMemory
 
-def peak_memory_mb() -> dict[str, float]:
+
+def peak_memory_mb() -> PeakMemory:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"host_mb": rss_kb / 1024.0}
     torch = sys.modules.get("torch")
+    gpu_mb = None
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+    return PeakMemory(host_mb=rss_kb / 1024.0, gpu_mb=gpu_mb)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums
+from rlsys.deepspeed_base import DeepSpeedTrainerBase, MicroSums, StepMetrics
 from rlsys.protocol import PreferencePair, TrainSample
 from rlsys.specs import TrainerSpec
 
@@ -81,7 +81,7 @@ class RMMicroSums(MicroSums):
 
 
 @dataclass
-class RMMetrics:
+class RMMetrics(StepMetrics):
     """One `bt_step`, identical on every rank (global over ranks), measured in the forward that
     made the update (before it).
 
@@ -92,15 +92,7 @@ class RMMetrics:
     loss: float = 0.0
     accuracy: float = 0.0
     score_diff: float = 0.0
-    grad_norm: float = 0.0
-    lr: float = 0.0
     pairs: float = 0.0
-    skipped: float = 0.0
-    time_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class RewardModelTrainer(DeepSpeedTrainerBase):

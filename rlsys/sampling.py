@@ -146,6 +146,16 @@ class FillStats:
     generated: int = 0  # groups the engines generated for training, dropped ones included
     replayed: int = 0  # groups drawn from the recording, dropped ones included
     generated_tokens: int = 0  # response tokens of the generated groups
+    # Engine seconds that generated them: per round the slowest engine call (the calls of one
+    # round run side by side, one per engine), summed over rounds (which run one after another).
+    generation_s: float = 0.0
+
+    @property
+    def gen_tokens_per_s(self) -> float:
+        """Generated tokens per second of the engines' own generation time; 0 when nothing was
+        generated (a stage timer cannot give this: under async generation the driver only waits
+        for what is left of a batch generated during the previous step)."""
+        return self.generated_tokens / self.generation_s if self.generation_s > 0 else 0.0
 
 
 @dataclass
@@ -190,6 +200,7 @@ class BatchFill:
         else:
             self.stats.generated += len(scored)
             self.stats.generated_tokens += sum(len(r.response_token_ids) for sg in scored for r in sg.group.rollouts)
+            self.stats.generation_s += max((sg.group.generation_s for sg in scored), default=0.0)
 
     @property
     def batch(self) -> list[ScoredGroup]:

@@ -12,13 +12,13 @@ Shapes: N sequences in a micro-batch, R_max the longest response.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from rlsys.deepspeed_base import MicroSums
+from rlsys.deepspeed_base import MicroSums, StepMetrics
 from rlsys.protocol import Prompt, TrainSample
 
 
@@ -45,7 +45,7 @@ class SFTMicroSums(MicroSums):
 
 
 @dataclass
-class SFTMetrics:
+class SFTMetrics(StepMetrics):
     """One `sft_step`, identical on every rank (global values).
 
     loss: token-mean NLL of the step's demonstrations, measured in the forward that made the
@@ -54,16 +54,8 @@ class SFTMetrics:
     """
 
     loss: float = 0.0
-    grad_norm: float = 0.0
-    lr: float = 0.0
     tokens: float = 0.0
     samples: float = 0.0
-    skipped: float = 0.0
-    time_s: float = 0.0
-    peak_mem_mb: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def encode_demonstration(processor, prompt: Prompt) -> TrainSample:

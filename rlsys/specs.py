@@ -47,7 +47,7 @@ class EngineSpec:
     max_num_seqs: Optional[int] = None
     kv_cache_space_gib: float = 1.0
     trust_remote_code: bool = False
-    # vLLM executor (rlsys/models/engine.py): "auto" = uni at TP 1, mp (one node) at TP > 1;
+    # vLLM executor (rlsys/models/executor.py): "auto" = uni at TP 1, mp (one node) at TP > 1;
     # "ray" for GPU workers in the engine's own placement group of one-GPU bundles.
     distributed_executor_backend: str = "auto"
 

@@ -203,6 +203,12 @@ class LearnerGroup:
 
         return ray.get([make_call(a) for a in self.actors])
 
+    def policy_version(self) -> int:
+        """The version of the weights the ranks hold (rank 0's count of train steps)."""
+        import ray
+
+        return ray.get(self.actors[0].policy_version.remote())
+
     def export_hf(self, out_dir: Path) -> None:
         self.call_all(lambda a: a.export_hf.remote(str(out_dir)))
 

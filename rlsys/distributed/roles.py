@@ -93,14 +93,11 @@ class Roles:
     def restart_engine(self, i: int) -> None:
         """Engine i again in its bundle, holding the learner's current weights (not the disk's):
         sent through the object store, as the broadcast group still names the dead process."""
-        import ray
-
         (engine,) = self.recovery.restart("engine", i)
         t0 = time.perf_counter()
         self.rollout.actors[i] = engine
         self.rollout.outstanding[i] = 0
-        version = ray.get(self.learner.actors[0].policy_version.remote())
-        self._load_buckets([engine], version)
+        self._load_buckets([engine], self.learner.policy_version())
         self.recovery.sync_group_stale = True
         self.recovery.add_seconds("engine", time.perf_counter() - t0)
 
@@ -191,7 +188,7 @@ class Roles:
             self.restart_engine(i)
         self.recovery.starter.open_weight_sync(self.learner.actors, self.rollout.actors)
         self.recovery.sync_group_stale = False
-        version = ray.get(self.learner.actors[0].policy_version.remote())
+        version = self.learner.policy_version()
         refs = [a.sync_weights.remote(version) for a in self.learner.actors]
         ray.get(refs + [e.receive_weights.remote() for e in self.rollout.actors])
 
@@ -232,9 +229,9 @@ class Roles:
         models = [(f"memory/reward_model_{pool.name}{i}_host_mb", a.peak_memory_mb.remote())
                   for pool in self.reward_models for i, a in enumerate(pool.actors)]
         values = ray.get(engines + [self.reward.actor.peak_memory_mb.remote()] + [ref for _, ref in models])
-        out = {f"memory/engine{i}_host_mb": v["host_mb"] for i, v in enumerate(values[:len(engines)])}
-        out["memory/reward_host_mb"] = values[len(engines)]["host_mb"]
-        out.update({key: v["host_mb"] for (key, _), v in zip(models, values[len(engines) + 1:])})
+        out = {f"memory/engine{i}_host_mb": v.host_mb for i, v in enumerate(values[:len(engines)])}
+        out["memory/reward_host_mb"] = values[len(engines)].host_mb
+        out.update({key: v.host_mb for (key, _), v in zip(models, values[len(engines) + 1:])})
         return out
 
     def save_checkpoint(self, path: Path) -> None:

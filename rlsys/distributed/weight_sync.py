@@ -5,7 +5,7 @@ touches the default process group that DeepSpeed (learner) or vLLM (engine) init
 the same process. Rank 0 is the sender (learner rank 0); ranks 1..W-1 are receivers: every vLLM worker of every
 rollout engine (engine e's TP worker t is rank 1 + sum of the TP sizes of engines before e + t,
 so W = 1 + sum of TP sizes). Each worker joins from inside vLLM, through the worker extension
-(rlsys/models/engine.py), and reloads each bucket as it arrives. Every transfer is versioned; a
+(rlsys/models/worker_extension.py), and reloads each bucket as it arrives. Every transfer is versioned; a
 receiver reports the version it holds.
 
 Wire format of one transfer, all by `broadcast` from rank 0:
@@ -33,11 +33,12 @@ import ipaddress
 import pickle
 import socket
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Iterable, Iterator
 
 import torch
+
+from rlsys.protocol import SyncStats
 
 NamedTensor = tuple[str, torch.Tensor]
 _ALIGN = 16  # byte alignment of each tensor inside a bucket (covers every dtype's itemsize)
@@ -246,17 +247,6 @@ def _recv_obj(pg, device):
     return pickle.loads(raw.cpu().numpy().tobytes())
 
 
-@dataclass
-class SyncStats:
-    """One transfer as the sender saw it."""
-
-    version: int
-    tensors: int
-    buckets: int
-    bytes: int
-    seconds: float
-
-
 class WeightSyncSender:
     """Rank 0 of the weight-sync group (lives in learner rank 0).
 
@@ -264,8 +254,8 @@ class WeightSyncSender:
     world_size: 1 + number of receivers.
     """
 
-    def __init__(self, host: str, port: int, world_size: int, *, backend: str = "gloo",
-                 bucket_mb: float = 64.0, timeout_s: float = 600.0):
+    def __init__(self, host: str, port: int, world_size: int, *, bucket_mb: float, backend: str = "gloo",
+                 timeout_s: float = 600.0):
         self.bucket_mb = bucket_mb
         self.world_size = world_size
         self.pg, self.device = _open_group(host, port, world_size, 0, backend, timeout_s)
@@ -296,7 +286,7 @@ class WeightSyncSender:
 
 class WeightSyncReceiver:
     """A member (rank >= 1) of the weight-sync group: a vLLM worker (through the worker extension,
-    rlsys/models/engine.py) or any process that takes the learner's weights.
+    rlsys/models/worker_extension.py) or any process that takes the learner's weights.
 
     `version` is -1 until a transfer completes, then the version of the weights received.
     `last_bytes` / `peak_buffer_bytes`: payload bytes of the last transfer, and the most payload

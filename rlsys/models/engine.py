@@ -2,30 +2,12 @@
 
 - `generate` / `generate_stream`: prompts -> RolloutGroups (G samples per prompt) with each
   sampled token's log-prob (behaviour log-probs) and the prompt ids exactly as vLLM saw them.
-- `update_weights`: in-place reload from (HF checkpoint name, tensor) pairs, e.g. straight
-  from the learner's `model.named_parameters()`, through a worker extension class with named
-  methods (no pickled callables, so no VLLM_ALLOW_INSECURE_SERIALIZATION). Bucketed updates
-  are staged until complete, then reloaded at once (a partial fused layer would be garbage).
+- Weights: `open_weight_sync` / `receive_weights` take the learner's broadcast into every worker
+  (the collective path); `load_bucket` reloads one bucket of whole layers in place (the object-store
+  path). Both run in the workers through the extension of rlsys/models/worker_extension.py.
 
-Executors (`distributed_executor_backend`, chosen explicitly, never left to vLLM's guess):
-- "uni" (tensor_parallel_size = 1): the model runs in this process, as a single worker
-  (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the caller already chose).
-- "mp" (the default for TP > 1): vLLM's engine core and one worker process per TP rank on this
-  node (VLLM_ENABLE_V1_MULTIPROCESSING=1). The workers use exactly the devices of this process:
-  on GPU the ones Ray made visible to the actor (its bundle holds TP GPUs; worker t uses the
-  t-th); on CPU each worker is bound to its own cores of this node (VLLM_CPU_OMP_THREADS_BIND,
-  from `cpu_thread_binding`).
-- "ray" (GPUs across bundles or nodes): vLLM's Ray executor, as vLLM's RLHF example runs it.
-  The actor must run in the engine's *own* placement group of TP one-GPU bundles (vLLM rejects a
-  group with any bundle of more than one GPU), with `placement_group_capture_child_tasks=True`
-  and no GPU of its own; `ray_bundle_indices` (VLLM_RAY_BUNDLE_INDICES) names the bundles the
-  workers take, one each. Not available on CPU ("current platform cpu does not support ray").
-
-Weight sync happens inside every worker (`WeightReloadExtension.rlsys_open_weight_sync` /
-`rlsys_receive_weights`): each joins the learner's broadcast group with its own rank and reloads
-the buckets as they arrive (rlsys/distributed/weight_sync.py).
-
-VLLM_CPU_KVCACHE_SPACE=<GiB> comes from `kv_cache_space_gib`.
+The executor (uni / mp / ray), the CPU workers' cores and the /dev/shm hand-off to worker
+processes: rlsys/models/executor.py.
 """
 from __future__ import annotations
 
@@ -33,292 +15,9 @@ import os
 import time
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from rlsys.protocol import Prompt, Rollout, RolloutGroup
-
-
-class WeightReloadExtension:
-    """Mixed into every vLLM worker (`worker_extension_cls`); `self` is the worker.
-
-    Subclass it to add transport-specific receive methods and pass the subclass's qualified
-    name to VLLMEngine(worker_extension_cls=...).
-    """
-
-    def rlsys_reload_weights(self, named_tensors) -> int:
-        """Load HF-named weights in place; returns how many tensors were given.
-
-        vLLM maps HF names (model.language_model.*, model.visual.*, lm_head.*) to its own
-        fused layout (qkv_proj, gate_up_proj) itself. A fused layer must get all its parts in
-        the same call, so send a whole model (or whole layers) per call.
-        """
-        tensors = list(named_tensors)
-        self.reload_weights(weights_iterator=iter(tensors), is_checkpoint_format=True)
-        return len(tensors)
-
-    def rlsys_reload_weights_file(self, path: str) -> int:
-        """`rlsys_reload_weights` from a `torch.save`d list of (name, tensor) pairs: how the
-        engine hands weights to worker processes (`write_handoff`). Memory-mapped, so the
-        file's pages (in /dev/shm, shared by every worker of the engine) are read in place."""
-        import torch
-
-        tensors = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        return self.rlsys_reload_weights(tensors)
-
-    def rlsys_weight_checksum(self) -> float:
-        """Sum of this worker's parameters (float64): a cheap 'did the weights change' probe.
-        With TP > 1 each worker sums its own shards (and the replicated tensors)."""
-        import torch
-
-        model = self.model_runner.get_model()
-        with torch.no_grad():
-            return float(sum(p.double().sum() for p in model.parameters()))
-
-    # ---- weight sync inside the worker (rlsys/distributed/weight_sync.py)
-
-    def rlsys_open_weight_sync(self, host: str, port: int, world_size: int, first_rank: int,
-                               backend: str, timeout_s: float = 600.0) -> int:
-        """Join the learner's broadcast group as rank `first_rank` + this worker's rank in its
-        engine (its TP rank); blocks until every member has joined. Returns the rank."""
-        from rlsys.distributed.weight_sync import WeightSyncReceiver
-
-        old = getattr(self, "_rlsys_receiver", None)
-        self._rlsys_receiver = None
-        del old  # a reopened group (after a restart elsewhere) replaces the old one
-        rank = int(first_rank) + int(self.rank)
-        self._rlsys_receiver = WeightSyncReceiver(host, port, world_size, rank, backend=backend,
-                                                  timeout_s=timeout_s)
-        self._rlsys_digest = None
-        return rank
-
-    def rlsys_receive_weights(self, digest: bool = False) -> dict:
-        """Take one broadcast into this worker's model, each bucket loaded as it arrives (one
-        streaming `reload_weights`: vLLM processes a layer as soon as all its tensors are in,
-        and buckets hold whole fused layers, so no second copy of the model is ever held).
-
-        digest=True also hashes what arrived (`tensors_digest` of the HF tensors), to compare
-        with the learner's `params_digest`. Returns this worker's rank, version, bytes,
-        seconds, largest bucket held and digest (or None)."""
-        import time
-
-        from rlsys.distributed.weight_sync import StreamDigest
-
-        rx = self._rlsys_receiver
-        if rx is None:
-            raise RuntimeError("rlsys_receive_weights: no weight-sync group (rlsys_open_weight_sync first)")
-        t0 = time.perf_counter()
-        acc = StreamDigest() if digest else None
-        stream = rx.receive()
-        self._rlsys_stream_reload(acc.wrap(stream) if acc is not None else stream)
-        self._rlsys_digest = acc.hexdigest() if acc is not None else None
-        return {"rank": rx.rank, "version": rx.version, "bytes": rx.last_bytes,
-                "peak_buffer_mb": rx.peak_buffer_bytes / 2**20, "seconds": time.perf_counter() - t0,
-                "digest": self._rlsys_digest}
-
-    def _rlsys_stream_reload(self, named_tensors) -> None:
-        try:
-            self.reload_weights(weights_iterator=named_tensors, is_checkpoint_format=True)
-        except BaseException:
-            # The transfer broke between buckets (a dead peer): layers loaded so far hold the new
-            # weights, the others still sit on the meta device waiting for theirs. Put those back
-            # (vLLM's own end-of-reload step), so the engine keeps generating with a usable model.
-            try:
-                from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
-
-                finalize_layerwise_reload(self.model_runner.get_model(), self.model_runner.model_config)
-            except Exception:
-                pass
-            raise
-
-    def rlsys_peak_memory_mb(self) -> dict:
-        """This worker process's peak memory (rlsys/memory.py) and current RSS."""
-        from rlsys.memory import peak_memory_mb
-
-        out = dict(peak_memory_mb())
-        out["rss_mb"] = _rss_mb()
-        out["hwm_mb"] = peak_rss_mb()  # peak RSS since rlsys_reset_peak_memory
-        out["rank"] = int(self.rank)
-        return out
-
-    def rlsys_reset_peak_memory(self) -> None:
-        _reset_peak_rss()
-
-    def rlsys_worker_info(self) -> dict:
-        """Where this worker runs: pid, rank in its engine, the cores its threads may use, its
-        OpenMP thread count and its device (checks that each engine has exactly its own)."""
-        import torch
-
-        device = str(getattr(self, "device", "cpu"))
-        return {"pid": os.getpid(), "rank": int(self.rank), "cores": sorted(os.sched_getaffinity(0)),
-                "threads": torch.get_num_threads(), "device": device,
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-
-
-def _status_mb(field: str) -> float:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in MiB; nan where there is none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _rss_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def _reset_peak_rss() -> None:
-    """Reset this process's peak RSS (Linux: VmHWM, which getrusage's ru_maxrss does not follow;
-    rlsys/memory.py's figure stays the lifetime peak)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS since the last `_reset_peak_rss` (VmHWM), MiB."""
-    return _status_mb("VmHWM")
-
-
-EXECUTORS = ("auto", "uni", "mp", "ray")
-
-
-def executor_backend(tensor_parallel_size: int, requested: str = "auto") -> str:
-    """The vLLM executor an engine uses: "uni" for one worker, "mp" for TP > 1 on one node
-    (the default), "ray" only when asked for (GPUs across bundles; see the module docstring)."""
-    if requested not in EXECUTORS:
-        raise ValueError(f"distributed_executor_backend = {requested!r}: must be one of {EXECUTORS}")
-    if requested == "auto":
-        return "uni" if tensor_parallel_size == 1 else "mp"
-    if requested == "uni" and tensor_parallel_size != 1:
-        raise ValueError(f"distributed_executor_backend = 'uni' runs one worker; tensor_parallel_size = "
-                         f"{tensor_parallel_size} needs 'mp' or 'ray'")
-    return requested
-
-
-def write_handoff(tensors: list[tuple[str, Any]]) -> str:
-    """Write (name, tensor) pairs to a new file in /dev/shm (the temp dir where there is none)
-    for `rlsys_reload_weights_file`; returns its path. The caller removes it."""
-    import tempfile
-
-    import torch
-
-    where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="rlsys-weights-", suffix=".pt", dir=where)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save([(n, t.contiguous()) for n, t in tensors], fh)
-    except BaseException:
-        os.unlink(path)
-        raise
-    return path
-
-
-def cpu_thread_binding(tensor_parallel_size: int, cores: Optional[Sequence[int]] = None,
-                       cpus: Optional[float] = None, slot: int = 0) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND for a CPU engine of `tensor_parallel_size` worker processes:
-    each worker gets its own core(s), "0|1" for TP 2 with one core each.
-
-    cores: the cores this process may run on (default: its affinity mask); cpus: the CPUs Ray
-    gave the engine (default: an even share of `cores`), split evenly over the workers, at least
-    one each; slot: where this engine's cores start, in units of one engine's cores (engines
-    on one node, e.g. by bundle index, take consecutive windows, wrapping around).
-    """
-    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
-    tp = int(tensor_parallel_size)
-    if tp > len(cores):
-        raise ValueError(f"tensor_parallel_size = {tp} on CPU: each worker needs a core of its own, this "
-                         f"process may use {len(cores)} ({cores})")
-    per = len(cores) // tp
-    if cpus is not None:
-        per = max(1, min(per, int(cpus) // tp))
-    width = per * tp
-    start = (int(slot) * width) % len(cores)
-    window = [cores[(start + i) % len(cores)] for i in range(width)]
-    return "|".join(",".join(str(c) for c in window[r * per:(r + 1) * per]) for r in range(tp))
-
-
-def actor_cpu_share() -> tuple[Optional[float], int]:
-    """(CPUs Ray assigned to this actor, its bundle index in its placement group) from Ray's
-    runtime context; (None, 0) outside Ray, 0 for the index when Ray does not say."""
-    import re
-
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None, 0
-        ctx = ray.get_runtime_context()
-        cpus = ctx.get_assigned_resources().get("CPU")
-    except Exception:
-        return None, 0
-    slot = 0
-    try:
-        # The public map drops the placement-group form of the names; the raw one keeps
-        # CPU_group_<bundle index>_<group id> for an actor in a bundle.
-        for key in ctx.worker.core_worker.resource_ids():
-            m = re.fullmatch(r"CPU_group_(\d+)_[0-9a-f]+", key)
-            if m:
-                slot = int(m.group(1))
-                break
-    except Exception:
-        pass
-    return cpus, slot
-
-
-_EXTENSION = f"{__name__}.WeightReloadExtension"
-
-
-# transformers >= 4.52 names VLM parameters model.language_model.* / model.visual.*, but saves
-# (and older checkpoints hold) the legacy model.* / visual.* names; vLLM accepts both. Names
-# are compared in the legacy form.
-_CANONICAL_PREFIXES = (
-    ("model.language_model.", "model."), ("language_model.model.", "model."),
-    ("language_model.lm_head.", "lm_head."), ("model.visual.", "visual."),
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-)
-
-
-def canonical_name(name: str) -> str:
-    for old, new in _CANONICAL_PREFIXES:
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
-
-
-def checkpoint_tensor_names(model_path: str) -> Optional[set]:
-    """Tensor names stored in a checkpoint's safetensors files (headers only), or None when
-    they cannot be read (not a local dir / not cached, or not safetensors)."""
-    import glob
-    import json
-
-    path = model_path
-    if not os.path.isdir(path):
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(model_path, local_files_only=True,
-                                     allow_patterns=["*.safetensors", "*.json"])
-        except Exception:
-            return None
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            return {canonical_name(n) for n in json.load(f)["weight_map"]}
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        return None
-    from safetensors import safe_open
-
-    names: set = set()
-    for fn in files:
-        with safe_open(fn, framework="pt") as f:
-            names.update(canonical_name(n) for n in f.keys())
-    return names
+from rlsys.models.executor import configure_platform, prepare_executor, write_handoff
+from rlsys.models.worker_extension import EXTENSION, as_records
+from rlsys.protocol import Prompt, Rollout, RolloutGroup, WorkerInfo, WorkerMemory, WorkerSyncReport
 
 
 class VLLMEngine:
@@ -328,39 +27,29 @@ class VLLMEngine:
                  max_model_len: int = 2048, gpu_memory_utilization: float = 0.5, seed: int = 0,
                  kv_cache_space_gib: Optional[float] = 1.0, enforce_eager: bool = True,
                  max_images_per_prompt: int = 4, logprobs_mode: str = "processed_logprobs",
-                 worker_extension_cls: str = _EXTENSION, trust_remote_code: bool = False,
+                 worker_extension_cls: str = EXTENSION, trust_remote_code: bool = False,
                  distributed_executor_backend: str = "auto", cpu_binding: Optional[str] = None,
-                 ray_bundle_indices: Optional[Sequence[int]] = None, **llm_kwargs: Any):
+                 ray_bundle_indices: Optional[Sequence[int]] = None, cpus: Optional[float] = None,
+                 cpu_slot: int = 0, **llm_kwargs: Any):
         """
         logprobs_mode: "processed_logprobs" (default) returns log-probs of the distribution
             actually sampled from — after temperature, and after top-k/top-p truncation when
             those are on — so with top_p=1 they equal `token_logprobs(..., temperature)`.
             "raw_logprobs" gives the untempered model distribution (vLLM's own default).
         distributed_executor_backend: "auto" (uni for TP 1, mp for TP > 1), "uni", "mp" or "ray"
-            (module docstring).
+            (rlsys/models/executor.py).
         cpu_binding: VLLM_CPU_OMP_THREADS_BIND for an "mp" engine on CPU (default: from
-            `cpu_thread_binding` with this actor's CPUs and bundle index; a value the
-            environment already holds with one entry per worker wins).
+            `cpu_thread_binding` with `cpus` and `cpu_slot`; a value the environment already holds
+            with one entry per worker wins).
+        cpus, cpu_slot: the CPUs the engine's actor was given and its bundle index in its placement
+            group (rlsys/distributed/runtime.py actor_cpu_share); None, 0 outside Ray.
         ray_bundle_indices: "ray" executor: the bundles of the actor's placement group the TP
             workers take (VLLM_RAY_BUNDLE_INDICES); default 0..TP-1.
         llm_kwargs: passed to vllm.LLM unchanged (e.g. enable_prefix_caching, max_num_seqs).
         """
-        if kv_cache_space_gib is not None:
-            # vLLM reads whole GiB ("1.0" fails its int parse).
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_space_gib)))))
         tp = int(tensor_parallel_size)
-        self.executor = executor_backend(tp, distributed_executor_backend)
+        self.executor = prepare_executor(tp, distributed_executor_backend, kv_cache_space_gib)
         self.tensor_parallel_size = tp
-        if self.executor == "uni":
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        else:
-            # Worker processes (and vLLM's engine core process) for every TP rank. Set here, not
-            # only in the actor's runtime env, which keeps TP-1 engines in-process.
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
-        if self.executor == "ray" and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-            # The actor holds no GPU itself (its workers take the bundles): Ray hid every GPU from
-            # it, and vLLM would then not find its GPU platform (vLLM's RLHF example does the same).
-            os.environ.pop("CUDA_VISIBLE_DEVICES")
         from vllm import LLM
 
         from rlsys.models.loading import load_processor
@@ -371,29 +60,8 @@ class VLLMEngine:
         if self.multimodal:
             # No videos: skips profiling/allocating for them.
             llm_kwargs.setdefault("limit_mm_per_prompt", {"image": max_images_per_prompt, "video": 0})
-        from vllm.platforms import current_platform
-
-        if current_platform.is_cpu():
-            # vLLM 0.32 rewinds a seeded request's generator after a partial (chunked) prefill
-            # with Generator.set_offset, which CPU generators lack ("CPU Generator does not use
-            # offset"): seeded sampling on CPU needs whole-prompt prefills.
-            llm_kwargs.setdefault("enable_chunked_prefill", False)
-            if self.executor == "mp":
-                given = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
-                if cpu_binding is None and (given in ("auto", "") or len(given.split("|")) != tp):
-                    cpus, slot = actor_cpu_share()
-                    cpu_binding = cpu_thread_binding(tp, cpus=cpus, slot=slot)
-                if cpu_binding is not None:
-                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding
-            elif self.executor == "ray":
-                raise ValueError("distributed_executor_backend = 'ray' on CPU: vLLM's Ray executor needs GPUs "
-                                 "(\"current platform cpu does not support ray\"); use 'mp'")
-        if self.executor == "ray":
-            indices = list(ray_bundle_indices) if ray_bundle_indices is not None else list(range(tp))
-            if len(indices) != tp or len(set(indices)) != tp:
-                raise ValueError(f"ray_bundle_indices = {indices}: need {tp} distinct bundle indices")
-            os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(str(i) for i in indices)
-        llm_kwargs.setdefault("distributed_executor_backend", self.executor)
+        configure_platform(self.executor, tp, llm_kwargs, cpu_binding=cpu_binding, cpus=cpus, cpu_slot=cpu_slot,
+                           ray_bundle_indices=ray_bundle_indices)
         t0 = time.perf_counter()
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -409,19 +77,18 @@ class VLLMEngine:
         self.logit_bias = {i: SUPPRESS_BIAS for i in suppressed_token_ids(self.processor)}
         self.policy_version = 0
         self.last_index = -1  # index in `prompts` of the group generate_stream yielded last
-        self._staged: list = []  # (name, tensor) of a weight update still in progress
-        self._expected = checkpoint_tensor_names(self.model_path)
 
     # ------------------------------------------------------------------ generation
     @classmethod
-    def from_spec(cls, spec) -> "VLLMEngine":
-        """The engine an `rlsys.specs.EngineSpec` describes."""
+    def from_spec(cls, spec, cpus: Optional[float] = None, cpu_slot: int = 0) -> "VLLMEngine":
+        """The engine an `rlsys.specs.EngineSpec` describes (cpus, cpu_slot: see __init__)."""
         extra = {"max_num_seqs": spec.max_num_seqs} if spec.max_num_seqs else {}
         return cls(spec.model_path, tensor_parallel_size=spec.tensor_parallel_size, dtype=spec.dtype,
                    max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization,
                    seed=spec.seed, kv_cache_space_gib=spec.kv_cache_space_gib, enforce_eager=spec.enforce_eager,
                    trust_remote_code=spec.trust_remote_code,
-                   distributed_executor_backend=spec.distributed_executor_backend, **extra)
+                   distributed_executor_backend=spec.distributed_executor_backend, cpus=cpus, cpu_slot=cpu_slot,
+                   **extra)
 
     def _engine_input(self, prompt: Prompt) -> dict:
         from rlsys.models.forward import render_prompt
@@ -447,9 +114,13 @@ class VLLMEngine:
                         stop_token_ids: Optional[Sequence[int]] = None) -> Iterator[RolloutGroup]:
         """Yield one RolloutGroup per prompt as soon as all its n samples finish (completion
         order, not prompt order). `seed` (one for every prompt, or one per prompt) makes sampling
-        reproducible per request: vLLM seeds sample j of a request with seed + j."""
+        reproducible per request: vLLM seeds sample j of a request with seed + j.
+
+        Each group's `generation_s` is this call's time so far, less the time it sat paused at a
+        yield (a streaming consumer's backpressure): the engine's own generation time."""
         if not prompts:
             return
+        started, paused = time.perf_counter(), 0.0
         version = self.policy_version if policy_version is None else int(policy_version)
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
         params = [self._sampling_params(n, temperature, top_p, max_tokens, top_k, s, stop_token_ids)
@@ -475,7 +146,11 @@ class VLLMEngine:
                     if idx is None:  # not ours (someone else's request): ignore
                         continue
                     self.last_index = idx
-                    yield self._to_group(prompts[idx], out, version)
+                    group = self._to_group(prompts[idx], out, version)
+                    now = time.perf_counter()
+                    group.generation_s = now - started - paused
+                    yield group
+                    paused += time.perf_counter() - now
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_tokens: int = 256, policy_version: Optional[int] = None,
@@ -508,54 +183,12 @@ class VLLMEngine:
         return RolloutGroup(prompt=prompt, rollouts=rollouts, finished_at=time.time())
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]],
-                       policy_version: Optional[int] = None,
-                       finalize: Optional[bool] = None) -> float:
-        """Reload weights in place from HF-named (name, tensor) pairs; returns seconds taken.
-
-        Bucketed updates are safe: vLLM fuses q/k/v and gate/up into one tensor, and a fused
-        layer that gets only some of its parts in a reload is filled with garbage. So tensors
-        are staged until the update is complete and then reloaded in one call:
-          finalize=None (default): reload as soon as the staged names cover every tensor name
-            of the checkpoint (a full `named_parameters()` in one call reloads at once; N
-            buckets reload with the last one). If the checkpoint's names are unknown (hub id
-            not in the local cache), every call reloads.
-          finalize=True: reload whatever is staged now (deliberately partial updates: give
-            whole layers). finalize=False: stage only.
-        A name sent twice before the reload means the previous update never completed: error.
-        `policy_version` (or +1) applies when the reload happens. Tensors are cast to the
-        engine's dtype by vLLM's loaders (CPU tensors for a CPU engine). Encoder, multimodal
-        and prefix caches are reset afterwards (see `_invalidate_caches`), so call this
-        between generate calls, never during one.
-        """
-        t0 = time.perf_counter()
-        new = [(n, t.detach()) for n, t in named_tensors]
-        staged = {canonical_name(n) for n, _ in self._staged}
-        again = staged.intersection(canonical_name(n) for n, _ in new)
-        if again:
-            missing = sorted((self._expected or set()) - staged)[:5]
-            self._staged = []
-            raise RuntimeError(f"weight update: {sorted(again)[:3]} sent twice before the update "
-                               f"was complete (still missing e.g. {missing}); staging dropped")
-        self._staged.extend(new)
-        staged.update(canonical_name(n) for n, _ in new)
-        complete = self._expected is None or self._expected <= staged
-        if finalize is False or (finalize is None and not complete):
-            return time.perf_counter() - t0
-        tensors, self._staged = self._staged, []
-        self._reload_in_workers(tensors)
-        self._invalidate_caches()
-        self.policy_version = self.policy_version + 1 if policy_version is None else int(policy_version)
-        return time.perf_counter() - t0
-
     def load_bucket(self, named_tensors: Iterable[tuple[str, Any]], policy_version: Optional[int] = None) -> float:
         """Reload one bucket of whole vLLM layers now (a `bucketize` bucket: q/k/v, gate/up and
-        weight+bias of a module together); layers not in it keep their weights. No staging: the
-        caller sends whole layers. `policy_version` (when given) applies after this bucket; the
+        weight+bias of a module together: vLLM fuses q/k/v and gate/up, and a fused layer that
+        gets only some of its parts is filled with garbage); layers not in it keep their weights. `policy_version` (when given) applies after this bucket; the
         caches are dropped after each. Returns seconds taken."""
         t0 = time.perf_counter()
-        if self._staged:
-            raise RuntimeError(f"load_bucket: a staged update of {len(self._staged)} tensors is in progress")
         self._reload_in_workers([(n, t.detach()) for n, t in named_tensors])
         self._invalidate_caches()
         if policy_version is not None:
@@ -581,11 +214,6 @@ class VLLMEngine:
             self.llm.collective_rpc("rlsys_reload_weights_file", args=(path,))
         finally:
             os.unlink(path)
-
-    @property
-    def staged_weight_count(self) -> int:
-        """Tensors received but not yet reloaded (an update in progress)."""
-        return len(self._staged)
 
     def _invalidate_caches(self) -> None:
         """Drop everything computed with the old weights. The worker's reload clears its own
@@ -619,18 +247,25 @@ class VLLMEngine:
         return [int(r) for r in self.llm.collective_rpc(
             "rlsys_open_weight_sync", args=(host, port, world_size, first_rank, backend, timeout_s))]
 
-    def receive_weights(self, policy_version: Optional[int] = None, digest: bool = False) -> list[dict]:
+    def receive_weights(self, policy_version: Optional[int] = None, digest: bool = False) -> list[WorkerSyncReport]:
         """Take one broadcast into every worker (each reloads the buckets as they arrive), then
         drop the caches computed with the old weights. Returns each worker's report
         (`WeightReloadExtension.rlsys_receive_weights`); every worker must end at one version."""
-        reports = self.llm.collective_rpc("rlsys_receive_weights", args=(digest,))
-        versions = {r["version"] for r in reports}
+        reports = as_records(WorkerSyncReport, self.llm.collective_rpc("rlsys_receive_weights", args=(digest,)))
+        versions = {r.version for r in reports}
         if len(versions) != 1:
             raise RuntimeError(f"weight sync: the workers of one engine hold versions {sorted(versions)}")
-        self._staged = []
         self._invalidate_caches()
         self.policy_version = int(versions.pop()) if policy_version is None else int(policy_version)
         return list(reports)
+
+    def workers_memory(self) -> list[WorkerMemory]:
+        """Each worker's memory (`rlsys_peak_memory_mb`), in worker rank order."""
+        return as_records(WorkerMemory, self.llm.collective_rpc("rlsys_peak_memory_mb"))
+
+    def workers_info(self) -> list[WorkerInfo]:
+        """Where each worker runs (`rlsys_worker_info`), in worker rank order."""
+        return as_records(WorkerInfo, self.llm.collective_rpc("rlsys_worker_info"))
 
     def collective_rpc(self, method: str, args: tuple = (), kwargs: Optional[dict] = None):
         """Call a named method of the worker extension on every worker."""

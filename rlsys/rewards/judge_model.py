@@ -19,11 +19,12 @@ class JudgeModel:
     whose processor is text-only is shown the question and response without the images.
     """
 
-    def __init__(self, spec: JudgeSpec):
+    def __init__(self, spec: JudgeSpec, cpus: Optional[float] = None, cpu_slot: int = 0):
+        """cpus, cpu_slot: the actor's CPUs and bundle index (VLLMEngine's arguments)."""
         from rlsys.models.engine import VLLMEngine
 
         self.spec = spec
-        self.engine = VLLMEngine.from_spec(spec.engine)
+        self.engine = VLLMEngine.from_spec(spec.engine, cpus=cpus, cpu_slot=cpu_slot)
         self.max_model_len = int(spec.engine.max_model_len)
         self._image_tokens: dict[str, int] = {}  # sha256 -> expanded image-pad tokens
 

@@ -1,13 +1,14 @@
-"""Nobody from outside gets in: every TCP listener of the private Ray that `rlsys train` starts.
+"""Nobody from outside gets in: every TCP listener of the private Ray that `rlsys train` starts,
+and of the real roles in it.
 
 The Ray is started exactly as `rlsys train` starts it (`launch.cluster.connect` with a config whose
-`resources.address` is null). Into it go a plain actor, two learner-like ranks that open the
-torch.distributed default group through the real `actors.init_torch_distributed` (the DeepSpeed
-env rendezvous: rank 0 hosts a TCPStore at MASTER_ADDR:MASTER_PORT, both ranks open gloo pairs),
-and the real weight-sync pair (`WeightSyncSender` on learner rank 0, `WeightSyncReceiver` in an
-engine-like actor) with one transfer through it. While all of that is open, `ss -ltnp` lists every
-listening TCP socket of the driver and of every process under it (GCS, raylet, dashboard agent,
-runtime-env agent, monitor, workers, actors); each must be bound to a loopback address.
+`resources.address` is null), and the roles exactly as it starts them (`launch.roles.start_roles`):
+the vLLM rollout engine (`actors.rollout.RolloutActor`), the DeepSpeed learner
+(`actors.learner.LearnerActor`, its default group's store on rank 0), the reward and reference
+actors, and the learner -> engine weight-sync group. One collective weight sync and one generate
+call go through them. While all of that is open, `ss -ltnp` lists every listening TCP socket of
+the driver and of every process under it (GCS, raylet, agents, monitor, workers, the role
+actors); each must be bound to a loopback address.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
 def _host_port(local: str) -> tuple[str, int]:
@@ -72,119 +73,69 @@ def _listeners(pids: dict[int, str]) -> list[tuple[int, str, str, int]]:
     return sorted(rows)
 
 
-class Plain:
-    def pid(self) -> int:
-        return os.getpid()
-
-
-class LearnerRank:
-    """What a learner rank does about sockets: the env rendezvous of the default group through
-    the real `init_torch_distributed`, and on rank 0 the weight-sync sender."""
-
-    def __init__(self, rank: int, world: int, master_addr: str, master_port: int):
-        from actors import init_torch_distributed
-        from rlsys.specs import DistRank
-
-        self.rank = rank
-        self.backend = init_torch_distributed(DistRank(rank, world, master_addr, master_port), "gloo")
-        self.sender = None
-
-    def all_reduce(self) -> float:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.ones(1) * (self.rank + 1)
-        dist.all_reduce(t)
-        return float(t.item())
-
-    def weight_sync_address(self) -> tuple[str, int]:
-        from actors import free_port, node_ip
-
-        host = node_ip()
-        return host, free_port(host)
-
-    def init_sender(self, host: str, port: int, world: int) -> None:
-        from rlsys.distributed.weight_sync import WeightSyncSender
-
-        self.sender = WeightSyncSender(host, port, world, backend="gloo", timeout_s=60)
-
-    def send(self, version: int) -> int:
-        import torch
-
-        return self.sender.send([("w", torch.arange(6, dtype=torch.float32))], version).tensors
-
-
-class Engine:
-    def init_receiver(self, host: str, port: int, world: int, rank: int) -> None:
-        from rlsys.distributed.weight_sync import WeightSyncReceiver
-
-        self.receiver = WeightSyncReceiver(host, port, world, rank, backend="gloo", timeout_s=60)
-
-    def receive(self) -> list:
-        return [(n, t.tolist()) for n, t in self.receiver.receive()]
+def _pid(actor) -> int:
+    """The process of an actor (run through `__ray_call__`)."""
+    return os.getpid()
 
 
 @pytest.fixture
-def private_ray():
+def private_ray(tmp_path, task_data):
+    """-> (ray, cfg): the private Ray of `rlsys train` for a small run's config."""
     if shutil.which("ss") is None:
         pytest.skip("needs `ss` (iproute2)")
     import ray
     from ray import cloudpickle
 
-    assert not ray.is_initialized(), "another Ray is connected in this process; run this test on its own"
-    # The actor classes below travel by value: workers cannot import a test module by name.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     from launch.cluster import connect
-    from rlsys.config import load_config
+    from loop_config import small_loop_config
 
-    cfg = load_config(None, ["resources.num_cpus=4"])
+    assert not ray.is_initialized(), "another Ray is connected in this process; run this test on its own"
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # `_pid` travels by value
+    cfg = small_loop_config(task_data, tmp_path / "out", 2, 2,
+                            ["resources.num_cpus=4", "learner.weight_sync=collective"])
     assert cfg.resources.address is None  # the private local Ray of `rlsys train`
     handle = connect(cfg)
     try:
-        yield ray
+        yield ray, cfg
     finally:
         handle.shutdown()
 
 
-def test_every_listener_of_the_private_ray_is_on_loopback(private_ray):
-    ray = private_ray
+def test_every_listener_of_the_real_roles_is_on_loopback(private_ray, tiny_model_dir, task_data):
+    from launch.evaluate import load_split
+    from launch.roles import start_roles
+
+    ray, cfg = private_ray
     t0 = time.perf_counter()
-    plain = [ray.remote(num_cpus=0)(Plain).remote() for _ in range(2)]
-    ray.get([p.pid.remote() for p in plain])
+    roles = start_roles(cfg, str(tiny_model_dir))
+    try:
+        assert roles.sync_weights(1) > 0  # through the learner's broadcast group into the engine
+        groups = roles.generate(load_split(cfg, task_data[1])[:2], roles.eval_sampling)
+        assert len(groups) == 2 and all(r.policy_version == 1 for g in groups for r in g.rollouts)
+        engine, learner = roles.rollout.actors[0], roles.learner.actors[0]
+        role_pids = {"engine": ray.get(engine.__ray_call__.remote(_pid)),
+                     "learner": ray.get(learner.__ray_call__.remote(_pid))}
+        (worker,) = ray.get(engine.workers_info.remote())  # TP 1: vLLM's worker is the actor itself
+        assert worker.pid == role_pids["engine"]
 
-    # The learner ranks' default-group rendezvous: a port on rank 0's node, as launch/roles does.
-    @ray.remote(num_cpus=0)
-    def rendezvous():
-        from actors import free_port, node_ip
-
-        host = node_ip()
-        return host, free_port(host)
-
-    master_addr, master_port = ray.get(rendezvous.remote())
-    ranks = [ray.remote(num_cpus=0)(LearnerRank).remote(r, 2, master_addr, master_port) for r in range(2)]
-    assert ray.get([r.all_reduce.remote() for r in ranks], timeout=180) == [3.0, 3.0]
-
-    # Weight sync: learner rank 0 hosts the store, one engine-like receiver (rank 1).
-    sync_host, sync_port = ray.get(ranks[0].weight_sync_address.remote())
-    engine = ray.remote(num_cpus=0)(Engine).remote()
-    ray.get([ranks[0].init_sender.remote(sync_host, sync_port, 2),
-             engine.init_receiver.remote(sync_host, sync_port, 2, 1)], timeout=120)
-    received = engine.receive.remote()
-    assert ray.get(ranks[0].send.remote(1), timeout=60) == 1
-    assert ray.get(received, timeout=60) == [("w", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])]
-
-    pids = _ray_pids()
-    rows = _listeners(pids)
+        pids = _ray_pids()
+        rows = _listeners(pids)
+    finally:
+        roles.shutdown()
     names = {name for _, name, _, _ in rows}
-    ports = {port for *_, port in rows}
-    # The listing must see the Ray it is about, or the check below proves nothing.
+    by_pid = {pid: [(host, port) for p, _, host, port in rows if p == pid] for pid in role_pids.values()}
+    # The listing must see the Ray and the roles it is about, or the check below proves nothing.
     assert {"gcs_server", "raylet"} <= names, rows
-    assert {master_port, sync_port} <= ports, (master_port, sync_port, rows)
+    assert set(role_pids.values()) <= set(pids), (role_pids, pids)
+    # Both roles hold sockets of their own: the learner its default group's and the weight-sync
+    # stores, the engine vLLM's process group and the sync group's gloo pairs.
+    assert by_pid[role_pids["learner"]] and by_pid[role_pids["engine"]], (role_pids, rows)
     offending = [f"{name} (pid {pid}: {pids[pid]}) on {host}:{port}"
                  for pid, name, host, port in rows if not _is_loopback(host)]
     listing = "\n  ".join(f"{host}:{port}  {name} pid {pid}" for pid, name, host, port in rows)
     assert not offending, (f"{len(offending)} of {len(rows)} listeners of the private Ray accept "
                            f"connections from outside this machine:\n  " + "\n  ".join(offending)
                            + f"\nall listeners:\n  {listing}")
-    print(f"\n{len(rows)} listeners of {len(pids)} processes, all on loopback "
-          f"({time.perf_counter() - t0:.1f} s of actors)\n  {listing}")
+    print(f"\n{len(rows)} listeners of {len(pids)} processes, all on loopback; engine (pid "
+          f"{role_pids['engine']}): {by_pid[role_pids['engine']]}, learner (pid {role_pids['learner']}): "
+          f"{by_pid[role_pids['learner']]} ({time.perf_counter() - t0:.1f} s)\n  {listing}")

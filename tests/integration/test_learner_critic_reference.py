@@ -52,7 +52,7 @@ def test_critic_two_ranks(ray_local, tiny_model_dir):  # noqa: F811
         loss_agg="seq_mean_token_mean"))
     group = start_dp_group(ray, CriticActor, CriticSpec(trainer, value_clip=0.5), 2)
     info = ray.get(group[0].ready.remote())
-    assert info["gradient_checkpointing"] is True and info["loss_agg"] == "seq_mean_token_mean"
+    assert info.gradient_checkpointing is True and info.loss_agg == "seq_mean_token_mean"
     v0 = on_all(ray, group, "compute_values", *[(b.samples,) for (b,) in shard(samples, 2)])
     assert [t.shape[0] for t in v0[0] + v0[1]] == [s.response_length for s in samples]
     m1 = on_all(ray, group, "train_step", *shard(samples, 2))

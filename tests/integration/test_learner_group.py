@@ -171,11 +171,11 @@ def test_two_ranks_equal_one_rank(ray_local, tiny_model_dir):
         s.old_logprobs = s.ref_logprobs.clone()
     one = start_group(ray, str(tiny_model_dir), 1, zero_stage=2)
     m1 = on_all(ray, one, "train_step", *shard(samples, 1))[0]
-    p1 = dict(ray.get(one[0].weight_buckets.remote(1e6))[0])
+    p1 = dict(ray.get(ray.get(one[0].weight_bucket_refs.remote(1e6)))[0])
     ray.kill(one[0])
     two = start_group(ray, str(tiny_model_dir), 2, zero_stage=2)
     m2 = on_all(ray, two, "train_step", *shard(samples, 2))[0]
-    p2 = dict(on_all(ray, two, "weight_buckets", (1e6,), (1e6,))[0][0])
+    p2 = dict(ray.get(on_all(ray, two, "weight_bucket_refs", (1e6,), (1e6,))[0])[0])
     for a in two:
         ray.kill(a)
     print(f"\n1-rank loss {m1.policy_loss:.8f} grad_norm {m1.grad_norm:.8f}; "
@@ -283,14 +283,14 @@ def test_weight_sync_zero3(ray_local, tiny_model_dir):
     stats = on_all(ray, group, "sync_weights", (3,), (3,))[0]
     digest, version, names, rx_s = ray.get(fut)
     learner_digest = on_all(ray, group, "params_digest")[0]
-    print(f"\nsync: {stats['bytes'] / 2**20:.2f} MiB in {stats['buckets']} buckets, "
-          f"sender {stats['seconds']:.3f} s, receiver {rx_s:.3f} s")
-    assert digest == learner_digest and version == 3 and stats["tensors"] == len(names)
+    print(f"\nsync: {stats.bytes / 2**20:.2f} MiB in {stats.buckets} buckets, "
+          f"sender {stats.seconds:.3f} s, receiver {rx_s:.3f} s")
+    assert digest == learner_digest and version == 3 and stats.tensors == len(names)
     with safe_open(os.path.join(str(tiny_model_dir), "model.safetensors"), "pt") as f:
         ckpt_names = set(f.keys())
     assert set(names) == ckpt_names  # HF checkpoint names: what vLLM's loader expects
     # Object-store fallback: buckets through Ray reproduce the same tensors.
-    buckets = on_all(ray, group, "weight_buckets", (0.5,), (0.5,))[0]
+    buckets = ray.get(on_all(ray, group, "weight_bucket_refs", (0.5,), (0.5,))[0])
     assert len(buckets) > 1 and tensors_digest([nt for b in buckets for nt in b]) == learner_digest
     for a in group + [rx]:
         ray.kill(a)
@@ -321,5 +321,5 @@ def test_actor_torch_threads_follow_its_cpus_not_a_stale_omp_setting(ray_local, 
     ray.kill(stale_2)
     ray.kill(stale_1)
     (learner,) = start_group(ray, str(tiny_model_dir), 1)  # num_cpus=1, as start_dp_group gives
-    assert ray.get(learner.ready.remote())["torch_threads"] == 1
+    assert ray.get(learner.ready.remote()).torch_threads == 1
     ray.kill(learner)

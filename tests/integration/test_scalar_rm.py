@@ -185,7 +185,7 @@ def test_train_rm_cli_learns_pairs_and_writes_a_loadable_rm(tiny_model_dir, tmp_
     assert "held-out pair accuracy" in printed and f"reward model {out}" in printed
     info = json.loads((out / RM_INFO_FILE).read_text())
     assert info["format"] == "rlsys-scalar-rm" and info["n_pairs"] == 8 and info["train_pairs"] == 24
-    assert info["steps"] == 24 and 0.0 <= info["pair_accuracy"] <= 1.0
+    assert info["steps"] == 24 and info["pair_accuracy"] * 8 == round(info["pair_accuracy"] * 8)  # a share of 8 pairs
     assert info["final_loss"] < info["initial_loss"] and info["pair_accuracy"] >= 0.75
     (run_dir,) = (tmp_path / "runs").glob("rm-test-rm-*")
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == info["steps"]
@@ -210,7 +210,7 @@ def test_train_rm_cli_learns_pairs_and_writes_a_loadable_rm(tiny_model_dir, tmp_
     actor = ScalarRMActor(ScalarRMSpec(str(out)))
     via_actor = actor.score(ref_groups)
     assert [x for s in via_actor for x in s.scores] == pytest.approx([x for s in scores[:4] for x in s.scores], abs=1e-5)
-    assert len(actor.call_log()) == 1 and actor.peak_memory_mb()
+    assert len(actor.call_log()) == 1 and actor.peak_memory_mb().host_mb > 0
 
 
 @pytest.mark.parametrize("override, message", [

@@ -39,7 +39,7 @@ def _config(task_data, out_dir, overrides):
         f"data.train={task_data[0]}", f"data.test={task_data[1]}", f"output_dir={out_dir}", *overrides])
 
 
-def _engine_infos(roles) -> list[dict]:
+def _engine_infos(roles) -> list:
     import ray
 
     return ray.get([e.engine_info.remote() for e in roles.rollout.actors])
@@ -58,7 +58,7 @@ def _drive(cfg, roles, task_data, run_dir, steps=2):
         rows.append(driver.step())
         infos.append(_engine_infos(roles))
         # The learner's version is what the driver just had it broadcast.
-        assert [i["policy_version"] for i in infos[-1]] == [driver.version] * len(roles.rollout.actors), infos[-1]
+        assert [i.policy_version for i in infos[-1]] == [driver.version] * len(roles.rollout.actors), infos[-1]
     return rows, infos, before, digest()
 
 
@@ -116,8 +116,8 @@ def test_roles_on_different_nodes_sync_across(three_nodes, tiny_model_dir, task_
     cfg = _config(task_data, tmp_path, ["sampling.prompts_per_step=4", "resources.colocate=false"])
     roles = start_roles(cfg, str(tiny_model_dir))
     try:
-        learner_node = roles.learner.call_all(lambda a: a.ready.remote())[0]["node_id"]
-        engine_node = _engine_infos(roles)[0]["node_id"]
+        learner_node = roles.learner.call_all(lambda a: a.ready.remote())[0].node_id
+        engine_node = _engine_infos(roles)[0].node_id
         assert learner_node in nodes and engine_node in nodes
         assert learner_node != engine_node, "learner and engine share a node"
         rows, infos, d0, d1 = _drive(cfg, roles, task_data, tmp_path)
@@ -125,8 +125,8 @@ def test_roles_on_different_nodes_sync_across(three_nodes, tiny_model_dir, task_
         roles.shutdown()
     assert d0 != d1, "policy parameters did not change"
     _finite(rows)
-    assert [i[0]["policy_version"] for i in infos] == [1, 2]
-    assert infos[-1][0]["node_id"] == engine_node  # the engine was not restarted elsewhere
+    assert [i[0].policy_version for i in infos] == [1, 2]
+    assert infos[-1][0].node_id == engine_node  # the engine was not restarted elsewhere
     # Step 2 sampled with the weights that crossed nodes after step 1.
     assert rows[1]["learner/mismatch_abs_max"] < LOGPROB_TOL, rows[1]
 
@@ -155,8 +155,8 @@ def test_two_engines_share_every_step(ray_cluster, tiny_model_dir, task_data, tm
         assert sum(split) == row["sampling/generated_groups"] == B
     # Counted inside each engine too: its own total equals what the driver logged for it.
     for i in range(2):
-        assert infos[-1][i]["prompts_generated"] == sum(r[f"rollout/engine_{i}_prompts"] for r in rows)
-    assert [[e["policy_version"] for e in step] for step in infos] == [[1, 1], [2, 2]]
+        assert infos[-1][i].prompts_generated == sum(r[f"rollout/engine_{i}_prompts"] for r in rows)
+    assert [[e.policy_version for e in step] for step in infos] == [[1, 1], [2, 2]]
     # Both engines sampled step 2 with the weights synced after step 1, and agree with the learner.
     step2 = pq.read_table(tmp_path / "rollouts" / "step_000002.parquet").to_pylist()
     assert len(step2) == B * G and {r["policy_version"] for r in step2} == {1}

@@ -129,9 +129,21 @@ def test_sampled_behaviour_logprobs_match_learner(engine, hf):
     assert n > 50 and diff < TOL
 
 
-def test_update_weights_reloads_in_place(engine, hf, tiny_model_dir):
+def load_in_buckets(engine, named, version: int, bucket_mb: float = 0.05) -> int:
+    """Weights into the engine as the object-store sync sends them (RolloutActor.load_bucket):
+    whole fused layers per bucket, the version with the last one; -> the number of buckets."""
+    from rlsys.distributed.weight_sync import bucketize
+
+    buckets = list(bucketize([(n, p.detach()) for n, p in named], bucket_mb))
+    for k, b in enumerate(buckets):
+        engine.load_bucket(b, policy_version=version if k == len(buckets) - 1 else None)
+    return len(buckets)
+
+
+def test_load_bucket_reloads_in_place(engine, hf, tiny_model_dir):
     import torch
 
+    from rlsys.distributed.weight_sync import bucketize
     from rlsys.models.loading import load_policy
 
     model, processor = hf
@@ -144,44 +156,36 @@ def test_update_weights_reloads_in_place(engine, hf, tiny_model_dir):
     assert any(n.startswith("model.visual.") for n in names)
     assert any(n.startswith("model.language_model.") for n in names)
 
+    # One bucket alone: its layers change, the version waits for the last bucket.
     before = engine.weight_checksum()
-    secs = engine.update_weights(new.named_parameters(), policy_version=7)
-    assert engine.weight_checksum() != before and engine.policy_version == 7
+    first = next(bucketize([(n, p.detach()) for n, p in new.named_parameters()], 0.05))
+    engine.load_bucket(first)
+    partial = engine.weight_checksum()
+    assert partial != before and engine.policy_version == 0
+
+    buckets = load_in_buckets(engine, new.named_parameters(), 7)
+    assert buckets > 3 and engine.weight_checksum() not in (before, partial) and engine.policy_version == 7
     groups = engine.generate(_prompts(), n=2, temperature=1.0, max_tokens=16, seed=2)
     assert all(r.policy_version == 7 for g in groups for r in g.rollouts)
     diff_new, n = _max_logprob_diff(new, processor, groups, temperature=1.0)
     diff_old, _ = _max_logprob_diff(model, processor, groups, temperature=1.0)
-    print(f"reload {secs:.3f}s; after reload: max diff vs perturbed {diff_new:.2e}, vs original {diff_old:.2e}")
+    print(f"{buckets} buckets; after reload: max diff vs perturbed {diff_new:.2e}, vs original {diff_old:.2e}")
     assert diff_new < TOL
     assert diff_old > 100 * TOL  # the engine really serves the new weights
 
-    # Bucketed (the object-store path): 5 tensors per call splits q/k/v and gate/up across
-    # calls; the engine stages until the set is complete, then reloads once.
-    orig = list(model.named_parameters())
-    buckets = [orig[i:i + 5] for i in range(0, len(orig), 5)]
-    mid = engine.weight_checksum()
-    for b in buckets[:-1]:
-        engine.update_weights(b)
-    assert engine.staged_weight_count == len(orig) - len(buckets[-1])
-    assert engine.weight_checksum() == mid and engine.policy_version == 7  # nothing applied yet
-    engine.update_weights(buckets[-1])
-    assert engine.staged_weight_count == 0 and engine.policy_version == 8
+    load_in_buckets(engine, model.named_parameters(), 8)
+    assert engine.weight_checksum() == before and engine.policy_version == 8
     groups = engine.generate(_prompts(), n=2, temperature=1.0, max_tokens=16, seed=3)
     diff_back, _ = _max_logprob_diff(model, processor, groups, temperature=1.0)
     print(f"after bucketed restore: max diff vs original {diff_back:.2e}")
     assert diff_back < TOL
-    # An update that never completes is caught when the next one starts.
-    engine.update_weights(orig[:3])
-    with pytest.raises(RuntimeError, match="sent twice"):
-        engine.update_weights(orig[:3])
-    assert engine.staged_weight_count == 0
 
 
 def test_seeded_prompts_sample_the_same_alone_or_in_a_large_batch(engine):
     """What re-issuing a dead engine's prompts and exact resume rest on: a prompt with its seed
     samples the same tokens whatever else the engine decodes with it. 48 prompts of ~100 tokens
     exceed one scheduler step's token budget (4096), which with chunked prefill crashed seeded
-    sampling on CPU (vLLM 0.32; rlsys/models/engine.py turns chunked prefill off there)."""
+    sampling on CPU (vLLM 0.32; rlsys/models/executor.py turns chunked prefill off there)."""
     from rlsys.protocol import Prompt
 
     prompts = [Prompt(f"s:{i}", [{"role": "user", "content": "count the colours " * (30 + i % 7) + str(i)}])
@@ -197,3 +201,25 @@ def test_seeded_prompts_sample_the_same_alone_or_in_a_large_batch(engine):
     # Different seeds do sample differently (the check above is not vacuous).
     other = engine.generate([prompts[3]], n=4, temperature=0.7, max_tokens=12, seed=[1])
     assert [r.response_token_ids for r in other[0].rollouts] != [r.response_token_ids for r in full[3].rollouts]
+
+
+def test_generation_time_is_the_engines_not_the_consumers(engine):
+    """Each group carries the engine's generation time of its call so far; time the stream sits
+    paused at a yield (a slow consumer, Ray's backpressure) is not in it. The consumer here
+    sleeps after every group but the last, so the last group's time is at most the call's wall
+    time less those sleeps, whatever the machine's speed."""
+    import time
+
+    prompts = _prompts()
+    t0 = time.perf_counter()
+    groups, slept = [], 0.0
+    for group in engine.generate_stream(prompts, n=2, temperature=1.0, max_tokens=16, seed=4):
+        groups.append(group)
+        if len(groups) < len(prompts):
+            time.sleep(0.3)
+            slept += 0.3
+    wall = time.perf_counter() - t0
+    times = [g.generation_s for g in groups]
+    assert len(groups) == len(prompts) and times[0] > 0
+    assert times == sorted(times)  # one call's clock, read at each group's completion
+    assert times[-1] <= wall - slept

@@ -41,10 +41,10 @@ def test_tp2_engine_runs_its_workers_on_cores_of_their_own(run):
     engine = roles.rollout.actors[0]
     actor_pid = ray.get(engine.__ray_call__.remote(lambda self: os.getpid()))
     workers = ray.get(engine.workers_info.remote())
-    assert [w["rank"] for w in workers] == list(range(TP))
-    pids = {w["pid"] for w in workers}
+    assert [w.rank for w in workers] == list(range(TP))
+    pids = {w.pid for w in workers}
     assert len(pids) == TP and actor_pid not in pids  # worker processes, not the actor
-    cores = [set(w["cores"]) for w in workers]
+    cores = [set(w.cores) for w in workers]
     assert all(cores) and not set.intersection(*cores), cores  # each worker on its own core(s)
     assert ray.get(engine.sync_ranks.remote()) == TP
     prompts = [Prompt(f"p{i}", [{"role": "user", "content": f"What is {i} plus {i}?"}]) for i in range(2)]
@@ -84,12 +84,12 @@ def test_grpo_step_then_sync_into_every_worker(run, task_data):
     ray.get(refs + [engine.receive_weights.remote(True)])
     digest = ray.get([a.params_digest.remote() for a in learners])[0]
     reports = ray.get(engine.last_sync.remote())
-    assert sorted(r["rank"] for r in reports) == list(range(1, 1 + TP))
-    assert all(r["digest"] == digest and r["version"] == version for r in reports), (digest, reports)
+    assert sorted(r.rank for r in reports) == list(range(1, 1 + TP))
+    assert all(r.digest == digest and r.version == version for r in reports), (digest, reports)
     # Buckets of <= 0.25 MiB (whole fused layers) were loaded as they came: no worker held more
     # than the largest bucket, far less than the model.
-    total_mb = reports[0]["bytes"] / 2**20
-    assert all(r["peak_buffer_mb"] < total_mb / 2 for r in reports), (total_mb, reports)
+    total_mb = reports[0].bytes / 2**20
+    assert all(r.peak_buffer_mb < total_mb / 2 for r in reports), (total_mb, reports)
     assert ray.get(engine.policy_version.remote()) == version
 
 
@@ -104,9 +104,12 @@ def test_object_store_path_pulls_by_reference(run, tiny_model_dir, monkeypatch):
     synced = ray.get(engine.weight_checksums.remote())  # the learner's weights (previous test)
 
     def back_to_disk(self):
+        from rlsys.distributed.weight_sync import bucketize
         from rlsys.models.loading import load_policy
 
-        self.engine.update_weights(load_policy(str(tiny_model_dir), dtype="float32").named_parameters())
+        named = load_policy(str(tiny_model_dir), dtype="float32").named_parameters()
+        for bucket in bucketize([(n, p.detach()) for n, p in named], 1.0):
+            self.engine.load_bucket(bucket)
 
     ray.get(engine.__ray_call__.remote(back_to_disk))
     assert ray.get(engine.weight_checksums.remote()) != synced

@@ -240,7 +240,7 @@ def test_shared_cache_dedupes_across_files(tmp_path):
 
 
 def test_hf_saved_dataset_directory(tmp_path):
-    hf = pytest.importorskip("datasets")
+    import datasets as hf  # the test extra's: writes the directory rlsys reads with pyarrow
     features = hf.Features({"prompt": hf.Value("string"), "image": hf.Image(),
                             "answer": hf.Value("string")})
     ds = hf.Dataset.from_dict({"prompt": [Q, Q], "image": [{"bytes": PNG, "path": None}] * 2,

@@ -2,11 +2,10 @@
 field (rlsys/config/validation.py `_check_device_plan`); the weight-sync backend follows
 learner.backend; each cluster recipe fits its declared cluster, and the start-time check
 (rlsys/distributed/placement.py `check_plan_against_cluster`, fed `ray.nodes()`) names what a
-real cluster lacks. No Ray here: the start-time check runs against a stand-in `ray` module."""
+real cluster lacks. No Ray runs here: the start-time check reads the nodes of a cluster through
+the real `ray.nodes`, replaced for the test."""
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,8 @@ def test_weight_sync_backend_follows_learner_backend(overrides, backend):
 
 
 def test_the_launcher_opens_the_sync_group_with_that_backend(monkeypatch):
-    """launch/roles.py passes weight_sync_backend(cfg) to every member of the group."""
+    """launch/roles.py passes weight_sync_backend(cfg) to every member of the group, and the
+    config's bucket size to the sender."""
     import launch.roles as roles
 
     calls = []
@@ -129,17 +129,18 @@ def test_the_launcher_opens_the_sync_group_with_that_backend(monkeypatch):
         init_weight_sync = _Remote("sender")
         open_weight_sync = _Remote("receiver")
 
-    fake = types.ModuleType("ray")
-    fake.get = lambda refs: refs
-    monkeypatch.setitem(sys.modules, "ray", fake)
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda refs: refs)  # the calls' replies are the values here
     # Unvalidated on purpose: GPUs on both sides with an explicit gloo (validation rejects the
     # idle learner GPUs); the group still follows learner.backend, not the GPUs.
     from rlsys.config import RunConfig
 
     cfg = RunConfig()
     cfg.learner.backend, cfg.resources.gpus_per_learner, cfg.resources.gpus_per_engine = "gloo", 1.0, 1.0
+    cfg.learner.sync_bucket_mb = 3.5
     roles._open_weight_sync(cfg, [_Actor()], [_Actor(), _Actor()])
-    assert [c[1][3] for c in calls if c[0] == "sender"] == ["gloo"]
+    assert [c[1][3:] for c in calls if c[0] == "sender"] == [("gloo", 3.5)]  # bucket size from the config
     assert [c[1][4] for c in calls if c[0] == "receiver"] == ["gloo", "gloo"]
     calls.clear()
     cfg.learner.backend = "auto"
@@ -204,11 +205,19 @@ def test_bundles_that_fit_in_total_but_not_per_node_are_named():
 
 def test_the_start_time_check_runs_on_ray_nodes_before_any_group(monkeypatch):
     """check_placement (what place_roles and so Starter call first) feeds the alive nodes of
-    `ray.nodes()` to check_plan_against_cluster; nothing is reserved when it fails."""
-    fake = types.ModuleType("ray")  # no ray.util: reserving a group would fail with ImportError
-    fake.nodes = lambda: [{"Alive": True, "Resources": {"CPU": 96.0, "GPU": 8.0}}] * 3 + [
-        {"Alive": False, "Resources": {"CPU": 96.0, "GPU": 8.0}}]
-    monkeypatch.setitem(sys.modules, "ray", fake)
+    `ray.nodes()` to check_plan_against_cluster; nothing is reserved when it fails, and when it
+    passes each role's group is reserved. No Ray runs: the real `ray.nodes` is replaced by the
+    nodes of a cluster (3 alive nodes of 8 GPUs and a dead one), the reservation by a record."""
+    import ray
+
+    from rlsys.distributed import placement
+
+    alive = {"Alive": True, "Resources": {"CPU": 96.0, "GPU": 8.0}}
+    monkeypatch.setattr(ray, "nodes", lambda: [alive] * 3 + [{**alive, "Alive": False}])
+    monkeypatch.setattr(placement, "_autoscaler_max", lambda: None)  # a fixed cluster
+    reserved = []
+    monkeypatch.setattr(placement, "_reserve", lambda bundles, strategy, timeout_s, what:
+                        reserved.append((bundles, strategy, what)) or what)
     monkeypatch.delenv("RLSYS_WAIT_FOR_RESOURCES", raising=False)
     cfg = load_config(R7B)
     plan = plan_roles(cfg, needs_reference=False)
@@ -217,12 +226,14 @@ def test_the_start_time_check_runs_on_ray_nodes_before_any_group(monkeypatch):
     # without the recipe (rlsys rollout / sft start their own plans): only the plan is checked
     with pytest.raises(PlacementError, match=r"^the cluster cannot host the roles: needs 32 GPU, cluster has 24 GPU"):
         check_placement(plan)
-    # a cluster that holds it passes the check; reserving then needs the real ray (ImportError
-    # of ray.util, or, when another test already imported the real ray.util, a missing ray.wait)
-    monkeypatch.setattr(fake, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 96.0, "GPU": 8.0}}] * 4)
+    assert reserved == []
+    # a cluster that holds it passes the check, and then each role's group is reserved
+    monkeypatch.setattr(ray, "nodes", lambda: [alive] * 4)
     check_placement(plan, cfg)
-    with pytest.raises((ImportError, AttributeError)):
-        place_roles(plan, cfg.resources.colocate, cfg)
+    assert cfg.resources.colocate is False
+    placed = place_roles(plan, cfg.resources.colocate, cfg)
+    expected = [([plan.bundles[i] for i in idx], "PACK", f"the {role} group") for role, idx in role_groups(plan)]
+    assert reserved == expected and [g for _, g in placed.groups] == [what for *_, what in expected]
 
 
 # ------------------------------------------------------------------ one placement group per role

@@ -106,3 +106,38 @@ def test_replay_sampler_epochs_are_seeded_and_resume():
     assert orders != replay_orders
     with pytest.raises(ValueError, match="no recorded rollout groups"):
         ReplaySampler([], seed=0)
+
+
+def _generated(tokens: int, generation_s: float, samples: int = 2) -> ScoredGroup:
+    rollouts = [Rollout([1], [7] * tokens, "x", [-0.1] * tokens, "stop", 0) for _ in range(samples)]
+    group = RolloutGroup(Prompt("g", []), rollouts, generation_s=generation_s)
+    return ScoredGroup(group, RewardResult([float(i) for i in range(samples)], {}))
+
+
+def test_generation_throughput_counts_engine_time_not_the_drivers_wait():
+    """Two dynamic-sampling rounds. Round 1: two engines side by side, their calls' last groups
+    finishing after 2.0 s and 3.0 s of generation (an earlier group of the 3.0 s call reports
+    1.0 s); round 2: one call, 1.0 s. Engine time: 3.0 + 1.0 = 4.0 s. Tokens: (3 + 5 + 4) * 2
+    plus the dropped group's 2 * 2 in round 1, 6 * 2 in round 2 = 40. Replayed groups count
+    neither. The driver waited 0.05 s for generation (the rest happened during the previous
+    step): the rate is 40 / 4 = 10 tokens/s, not 40 / 0.05."""
+    from rlsys.driver import _throughput
+
+    fill = BatchFill(BatchPlan(1, 4), dynamic=True, max_extra_rounds=1)
+    assert fill.request() == BatchPlan(1, 4)
+    fill.add([_generated(50, 9.0)], offline=True)  # a recorded group's old engine time: not this run's
+    fill.add([_generated(3, 1.0), _generated(5, 3.0), _generated(4, 2.0), _scored([1, 1])], offline=False)
+    assert fill.request() == BatchPlan(0, 1)  # the uniform group was dropped
+    fill.add([_generated(6, 1.0)], offline=False)
+    assert fill.stats.generated_tokens == 40
+    assert fill.stats.generation_s == 4.0
+    assert fill.stats.gen_tokens_per_s == 40 / 4.0
+    times = {"time/step": 2.0, "time/generate": 0.05}
+    assert _throughput(fill, times)["throughput/gen_tokens_per_s"] == 10.0
+
+
+def test_generation_throughput_is_zero_without_generation():
+    fill = BatchFill(BatchPlan(1, 0))
+    fill.request()
+    fill.add([_generated(5, 2.0)], offline=True)
+    assert fill.stats.gen_tokens_per_s == 0.0

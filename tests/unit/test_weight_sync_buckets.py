@@ -1,5 +1,5 @@
 """Weight-sync buckets hold whole vLLM fused layers; TP engines get their executor and cores
-(rlsys/distributed/weight_sync.py, rlsys/models/engine.py; no Ray, no vLLM)."""
+(rlsys/distributed/weight_sync.py, rlsys/models/executor.py; no Ray, no vLLM)."""
 from __future__ import annotations
 
 import pytest
@@ -60,7 +60,7 @@ def test_stream_digest_equals_tensors_digest():
 
 
 def test_executor_is_explicit():
-    from rlsys.models.engine import executor_backend
+    from rlsys.models.executor import executor_backend
 
     assert executor_backend(1) == "uni" and executor_backend(2) == "mp" and executor_backend(4, "ray") == "ray"
     with pytest.raises(ValueError, match="'uni' runs one worker"):
@@ -70,7 +70,7 @@ def test_executor_is_explicit():
 
 
 def test_cpu_binding_gives_each_worker_its_own_cores():
-    from rlsys.models.engine import cpu_thread_binding
+    from rlsys.models.executor import cpu_thread_binding
 
     assert cpu_thread_binding(2, cores=[0, 1]) == "0|1"
     assert cpu_thread_binding(2, cores=[0, 1, 2, 3], cpus=4) == "0,1|2,3"
@@ -82,12 +82,12 @@ def test_cpu_binding_gives_each_worker_its_own_cores():
 
 
 def test_handoff_file_carries_a_bucket_from_shared_memory_and_back():
-    """The TP > 1 object-store hand-off (engine.write_handoff -> rlsys_reload_weights_file's load):
+    """The TP > 1 object-store hand-off (executor.write_handoff -> rlsys_reload_weights_file's load):
     a bucket whose tensors are memoryview-backed, as Ray returns them zero-copy, and that shares
     storage (a tied embedding), comes back equal, from one file in /dev/shm."""
     import os
 
-    from rlsys.models.engine import write_handoff
+    from rlsys.models.executor import write_handoff
 
     raw = bytearray(torch.arange(12, dtype=torch.float32).numpy().tobytes())
     zero_copy = torch.frombuffer(raw, dtype=torch.float32).view(3, 4)
