@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .losses import _masked_max, _masked_mean  # one definition of the masked reductions
 from .registry import Registry
 
 OFF_POLICY_CORRECTIONS = Registry("off-policy correction")
@@ -59,16 +60,6 @@ class ISWeightStats:
     high_frac: Tensor
     mean: Tensor
     max: Tensor
-
-
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)
-
-
-def _masked_max(x: Tensor, mask: Tensor) -> Tensor:
-    if x.numel() == 0:
-        return x.new_zeros(())
-    return torch.where(mask.any(), torch.where(mask, x, float("-inf")).amax(), 0.0)
 
 
 def _log_ratio(proximal_logprobs, behaviour_logprobs, cap, mask):
