@@ -98,8 +98,9 @@ def test_sigterm_checkpoints_and_resume_is_exact(tiny_model_dir, tmp_path, fault
     assert sorted(rows) == sorted(full_rows) == list(range(1, STEPS + 1))
     for step in range(stopped_at + 1, STEPS + 1):
         assert _samples(run_dir, step) == _samples(full_dir, step), f"step {step} sampled differently"
-        for key in ("reward/mean", "learner/policy_loss", "learner/grad_norm"):
-            assert rows[step][key] == full_rows[step][key], (step, key)
+        # A step whose batch carried no gradient has no learner figures, in both runs alike.
+        for key in ("reward/mean", "learner/policy_loss", "learner/grad_norm", "learner/no_signal_skipped"):
+            assert rows[step].get(key) == full_rows[step].get(key), (step, key)
     assert _final_weights(run_dir) == _final_weights(full_dir)
     fault_record(fault="SIGTERM to the process group of `python -m launch.train` in step 3", outcome=f"checkpoint step_{stopped_at}, rc 75; "
                  "`--resume` finished in the same run dir, bit-identical to an uninterrupted run",
