@@ -381,14 +381,16 @@ def _tables(rec: dict) -> list[str]:
         "| model | prompt tokens | samples/s (loop) | samples/s (loop, steps 2..) | samples/s (whole process) | "
         "response tokens/s (loop) |", "|---|---|---|---|---|---|"]
     for size, info in rec["sizes"].items():
-        # Only runs that learned are quoted (`learned`): a speed from a diverging run is no speed.
+        # rlsys's speed is quoted only from its runs that learned (`learned`): a speed from a
+        # diverging run is no speed. The peer's runs all count, marked where they did not learn.
         rl = [r for r in rec["runs"] if r["size"] == size and r["system"] == "rlsys" and learned(r)[0]]
-        tr = [r for r in rec["runs"] if r["size"] == size and r["system"] == "trl" and learned(r)[0]]
+        tr = [r for r in rec["runs"] if r["size"] == size and r["system"] == "trl"]
+        note = " (TRL's runs did not learn: see below)" if any(not learned(r)[0] for r in tr) else ""
         if rl and tr:
-            lines.append(f"| {size} | {info['prompt_tokens']:.0f} | "
+            lines.append(f"| {size}{note} | {info['prompt_tokens']:.0f} | "
                          + " | ".join(f"{_mean(rl, k) / _mean(tr, k):.2f}x" for k in RATIOS) + " |")
         else:
-            lines.append(f"| {size} | {info['prompt_tokens']:.0f} | no ratio: no run of one system learned (below) | | | |")
+            lines.append(f"| {size} | {info['prompt_tokens']:.0f} | no ratio: no rlsys run learned (below) | | | |")
     lines += ["", "## Per run", "",
               "| model | run | system | steps | samples/s (loop) | (steps 2..) | samples/s (process) | tokens/s (loop) | "
               "mean response (tokens) | mean reward | learned | loop s | process s | busy cores (others) | rlsys generate / "
@@ -403,7 +405,7 @@ def _tables(rec: dict) -> list[str]:
                      f"{stages} |")
     lines += ["", "## Per step: batch reward and mean response length", "",
               "A run is marked (learned: **no**) when its reward fell by more than half from its best step or its "
-              f"mean response reached 90% of the {NEW_TOKENS}-token limit; marked runs are left out of the ratios.", "",
+              f"mean response reached 90% of the {NEW_TOKENS}-token limit; marked rlsys runs are left out of the ratios.", "",
               "| model | run | system | reward per step | response tokens per step |", "|---|---|---|---|---|"]
     for r in rec["runs"]:
         if "reward_steps" in r:
