@@ -246,10 +246,15 @@ class PolicyLearner(DeepSpeedTrainerBase):
         return PolicyMicroSums(
             bad=float(bad), policy_loss=float(pg_loss) if not bad else 0.0, kl=float(kl), entropy=float(ent_sum),
             clip_tokens=float(st.clip_frac_low + st.clip_frac_high) * n_tok,
-            approx_kl_tokens=float(st.approx_kl) * n_tok,
-            **({} if is_st is None else dict(
-                is_clip_tokens=float(is_st.clip_frac) * n_tok, is_masked_tokens=float(is_st.masked_frac) * n_tok,
-                is_low_tokens=float(is_st.low_frac) * n_tok, is_high_tokens=float(is_st.high_frac) * n_tok)))
+            approx_kl_tokens=float(st.approx_kl) * n_tok, **self._correction_sums(is_st, n_tok))
+
+    @staticmethod
+    def _correction_sums(st, n_tok: float) -> dict[str, float]:
+        """The off-policy correction's token fractions as token-weighted sums (none without one)."""
+        if st is None:
+            return {}
+        return {"is_clip_tokens": float(st.clip_frac) * n_tok, "is_masked_tokens": float(st.masked_frac) * n_tok,
+                "is_low_tokens": float(st.low_frac) * n_tok, "is_high_tokens": float(st.high_frac) * n_tok}
 
     # ------------------------------------------------------------------ supervised (rlsys sft)
 
@@ -292,6 +297,8 @@ class PolicyLearner(DeepSpeedTrainerBase):
         d = torch.cat(diffs) if diffs else torch.zeros(0)
         fin = torch.isfinite(d)
         d = d[fin]
+        # Not the loss's k3 (rlsys/algorithms/kl.py caps each token at 10 to keep gradients sane):
+        # a diagnostic of how far the policy moved should show the whole move.
         dc = d.clamp(-20.0, 20.0)
         seq = sum(float(-x[torch.isfinite(x)].sum()) for x in diffs)
         g = self.all_reduce(torch.tensor([d.abs().sum(), d.exp().sum(), d.numel(), (dc.exp() - 1 - dc).sum(),

@@ -42,6 +42,21 @@ def _check_fields(obj, prefix: str) -> None:
                 raise ConfigError(f"{path} = {value!r}: must be one of {', '.join(allowed)}")
 
 
+def _check_off_policy_bound(name: str, bound) -> None:
+    """The correction itself says whether it accepts the bound (a masked one needs c > 1): it is
+    called once on a single token, so the rule lives in one place, rlsys/algorithms/off_policy.py."""
+    if bound is None:
+        return
+    import torch
+
+    from rlsys.algorithms import get_off_policy_correction
+
+    try:
+        get_off_policy_correction(name)(torch.zeros(1, 1), torch.zeros(1, 1), bound)
+    except ValueError as err:
+        raise ConfigError(f"algorithm.max_is_weight = {bound}: {name} refuses it ({err})") from None
+
+
 def validate(cfg: RunConfig) -> None:
     """Field ranges and choices, then the rules that tie fields together."""
     _check_fields(cfg, "")
@@ -56,9 +71,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.sampling.max_staleness > 0 and cfg.algorithm.max_is_weight is None:
         raise ConfigError(f"sampling.max_staleness = {cfg.sampling.max_staleness}: off-policy samples need "
                           "algorithm.max_is_weight (the bound of the off-policy correction, e.g. 2.0); it is null")
-    if cfg.algorithm.off_policy_correction.endswith("_mask") and (cfg.algorithm.max_is_weight or 2.0) <= 1.0:
-        raise ConfigError(f"algorithm.max_is_weight = {cfg.algorithm.max_is_weight}: a masked correction "
-                          f"({cfg.algorithm.off_policy_correction}) keeps ratios in [1/c, c] and needs c > 1")
+    _check_off_policy_bound(cfg.algorithm.off_policy_correction, cfg.algorithm.max_is_weight)
     syn = cfg.data.synthetic
     if syn.image_size % 28:
         raise ConfigError(f"data.synthetic.image_size = {syn.image_size}: must be a multiple of 28")

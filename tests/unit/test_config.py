@@ -71,7 +71,7 @@ def test_asynchronous_training_needs_an_off_policy_correction():
 
 
 def test_a_masked_correction_needs_a_band():
-    with pytest.raises(ConfigError, match=r"algorithm.max_is_weight = 0.9: a masked correction \(seq_mask\)"):
+    with pytest.raises(ConfigError, match=r"algorithm.max_is_weight = 0.9: seq_mask refuses it \(.*needs c > 1"):
         load_config(DEFAULT, ["algorithm.off_policy_correction=seq_mask", "algorithm.max_is_weight=0.9"])
 
 
